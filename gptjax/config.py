@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    family: str = "gpt"
+    family: str = "gpt"  # gpt (decoder-only) | bert (encoder-only; RoBERTa too) | t5 (encoder-decoder)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -41,12 +41,18 @@ class ModelConfig:
     attention: str = "xla"  # xla: jax.nn.dot_product_attention; einsum: the plain reference path
     scan_layers: bool = False  # run the layer stack under jax.lax.scan (compile time flat in depth)
     remat: str = "none"  # scanned layers only: none | full | dots (what the backward pass recomputes)
+    n_classes: int = 0  # gpt: a classification head on the last token (gpt1_finetune); 0: the data's
+    type_vocab_size: int = 2  # bert: segment (sentence A/B) embeddings; 0: none (RoBERTa)
+    n_decoder_layer: int = 0  # t5: decoder layers; 0: as many as model.n_layer
+    relative_buckets: int = 32  # t5: relative position buckets (half per direction in the encoder)
+    relative_max_distance: int = 128  # t5: distances beyond this share the last bucket
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME
-    tokenizer: str = "byte"
+    tokenizer: str = "byte"  # byte | bpe (byte-level BPE trained on the training split, cached in the workdir)
+    tokenizer_vocab: int = 8192  # bpe: vocabulary size, special tokens included
     seq_len: int = 128
     batch_size: int = 32  # global batch, in sequences
     val_fraction: float = 0.1  # share of documents held out for validation
@@ -55,6 +61,7 @@ class DataConfig:
     tfds_train_split: str = "train"
     tfds_val_split: str = "validation"
     tfds_text_key: str = "text"
+    tfds_label_key: str = "label"  # classification sources (gpt1_finetune): the integer label feature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +181,25 @@ class SampleConfig:
     top_p: float = 1.0  # 1: off
 
 
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the model is trained to predict (SPEC §1); each name is a file in `gptjax/objectives/`."""
+
+    name: str = "causal_lm"  # causal_lm | gpt1_finetune | mlm_nsp | mlm | span_corruption
+    # mlm_nsp / mlm (Devlin et al. 2019, §3.1): rate of non-special tokens chosen, and what they become.
+    mask_rate: float = 0.15
+    mask_token_rate: float = 0.8  # of the chosen: replaced by [MASK]
+    random_token_rate: float = 0.1  # of the chosen: replaced by a random token; the rest stay unchanged
+    static_masking: bool = False  # mlm: one fixed mask per sequence (BERT), not a fresh one per visit
+    nsp_weight: float = 1.0  # mlm_nsp: total = MLM + nsp_weight · NSP (BERT: 1)
+    # span_corruption (Raffel et al. 2020, §3.1.4): share of tokens dropped, mean length of a span.
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    # gpt1_finetune (Radford et al. 2018, §3.2): L3 = L2 + λ·L1 with the causal-LM loss L1 as auxiliary.
+    lm_weight: float = 0.5
+    init_from: str = ""  # gpt1_finetune: workdir of a pre-trained GPT of this codebase; "": from scratch
+
+
 LOSS_TERMS = ("ce", "label_smoothing", "z", "kl", "mse", "unlikelihood")  # gptjax/losses.py TERMS
 CHUNKABLE_TERMS = ("ce", "label_smoothing", "z")  # need only logsumexp, target and mean logit
 NORMALIZATIONS = ("token", "sequence", "sum")
@@ -204,14 +230,20 @@ class Experiment:
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     loss: LossConfig = LossConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
 
 
-ACTIVATIONS = ("gelu", "relu", "tanh", "sigmoid", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "sigmoid", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTIONS = ("xla", "einsum")
 REMATS = ("none", "full", "dots")
-FAMILIES = ("gpt",)
-TOKENIZERS = ("byte",)
+FAMILIES = ("gpt", "bert", "t5")
+TOKENIZERS = ("byte", "bpe")
+# objective → the model families it trains; anything else is refused with this table's reason.
+OBJECTIVE_FAMILIES = {"causal_lm": ("gpt",), "gpt1_finetune": ("gpt",), "mlm_nsp": ("bert",),
+                      "mlm": ("bert",), "span_corruption": ("t5",)}
+# Objectives whose inputs need [CLS]/[SEP]/[MASK] or sentinel tokens, which only a trained vocabulary has.
+SPECIAL_TOKEN_OBJECTIVES = ("mlm_nsp", "mlm", "span_corruption")
 RULES = ("adam_l2", "adamw", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
 DECAY_MASKS = ("ndim>=2", "all", "none")
@@ -290,7 +322,47 @@ def validate(cfg: Experiment) -> Experiment:
     _check(s.top_k >= 0, f"sample.top_k must be >= 0 (0: off), got {s.top_k}")
     _check(0.0 < s.top_p <= 1.0, f"sample.top_p must be in (0, 1], got {s.top_p}")
     validate_loss(cfg.loss)
+    validate_objective(cfg)
     return cfg
+
+
+def validate_objective(cfg: Experiment) -> None:
+    """The objective's numbers, and whether it makes sense with the model, tokenizer and loss terms."""
+    ob, m = cfg.objective, cfg.model
+    _one_of("objective.name", ob.name, tuple(OBJECTIVE_FAMILIES))
+    families = OBJECTIVE_FAMILIES[ob.name]
+    _check(m.family in families,
+           f"objective {ob.name} trains a {' or '.join(families)} model, not model.family={m.family}: "
+           + {"gpt": "a decoder-only model has no encoder to corrupt spans for or to see both sides of a mask",
+              "bert": "a bidirectional encoder sees the token it would predict next",
+              "t5": "an encoder-decoder is trained here with span_corruption only"}[m.family])
+    _check(ob.name not in SPECIAL_TOKEN_OBJECTIVES or cfg.data.tokenizer == "bpe",
+           f"objective {ob.name} needs [CLS]/[SEP]/[MASK]/sentinel tokens, which data.tokenizer=byte lacks; "
+           "set data.tokenizer=bpe")
+    _check(ob.name == "causal_lm" or set(cfg.loss.terms) == {"ce"},
+           f"loss.terms {sorted(cfg.loss.terms)}: the extra loss terms apply to causal_lm only; "
+           f"objective {ob.name} takes loss.terms={{ce: 1.0}}")
+    _check(ob.name == "gpt1_finetune" or m.n_classes == 0,
+           f"model.n_classes={m.n_classes} is for objective gpt1_finetune only")
+    _check(m.n_classes >= 0, f"model.n_classes must be >= 0 (0: the data's), got {m.n_classes}")
+    _check(m.type_vocab_size >= 0, f"model.type_vocab_size must be >= 0, got {m.type_vocab_size}")
+    _check(m.n_decoder_layer >= 0, f"model.n_decoder_layer must be >= 0, got {m.n_decoder_layer}")
+    _check(m.relative_buckets >= 2 and m.relative_max_distance > m.relative_buckets // 2,
+           f"model.relative_buckets ({m.relative_buckets}) must be >= 2 and model.relative_max_distance "
+           f"({m.relative_max_distance}) larger than half of it")
+    _check(m.family == "gpt" or not m.scan_layers, f"model.scan_layers is for the gpt family, not {m.family}")
+    _check(0.0 < ob.mask_rate < 1.0, f"objective.mask_rate must be in (0, 1), got {ob.mask_rate}")
+    _check(ob.mask_token_rate >= 0 and ob.random_token_rate >= 0
+           and ob.mask_token_rate + ob.random_token_rate <= 1.0,
+           f"objective.mask_token_rate ({ob.mask_token_rate}) + objective.random_token_rate "
+           f"({ob.random_token_rate}) must be non-negative and at most 1")
+    _check(ob.nsp_weight >= 0, f"objective.nsp_weight must be >= 0, got {ob.nsp_weight}")
+    _check(0.0 < ob.noise_density < 1.0, f"objective.noise_density must be in (0, 1), got {ob.noise_density}")
+    _check(ob.mean_span_length >= 1.0, f"objective.mean_span_length must be >= 1, got {ob.mean_span_length}")
+    _check(ob.lm_weight >= 0, f"objective.lm_weight must be >= 0, got {ob.lm_weight}")
+    _check(ob.name == "gpt1_finetune" or not ob.init_from,
+           f"objective.init_from is for gpt1_finetune, not {ob.name}")
+    _check(cfg.data.tokenizer_vocab >= 512, f"data.tokenizer_vocab must be >= 512, got {cfg.data.tokenizer_vocab}")
 
 
 def validate_loss(lo: LossConfig) -> None:
@@ -427,7 +499,7 @@ def from_dict(data: dict[str, Any]) -> Experiment:
     """Rebuild an Experiment from `to_dict` output (e.g. a workdir's config.json)."""
     sections = {f.name: f.type for f in dataclasses.fields(Experiment)}
     classes = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
-               "sample": SampleConfig, "loss": LossConfig}
+               "sample": SampleConfig, "loss": LossConfig, "objective": ObjectiveConfig}
     kwargs = {}
     for key, value in data.items():
         if key not in sections:
