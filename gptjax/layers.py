@@ -22,6 +22,7 @@ INIT_STD = 0.02  # GPT-2's N(0, 0.02)
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's erf form
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
@@ -35,10 +36,12 @@ class KVCache(NamedTuple):
     v_BSHK: jax.Array
 
 
-def dense(d_in: int, d_out: int, *, std: float, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+def dense(d_in: int, d_out: int, *, std, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A Linear layer with N(0, std²) weights; `std` may be a [d_out] vector (one std per output)."""
+    init = nnx.initializers.normal(1.0)
+    kernel_init = lambda key, shape, dtype: init(key, shape, dtype) * jnp.asarray(std, dtype)
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(std), bias_init=nnx.initializers.zeros,
-                      rngs=rngs)
+                      kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs)
 
 
 def attention_mask(q_segment_BL: jax.Array | None, k_segment_BS: jax.Array | None,
@@ -57,22 +60,29 @@ def attention_mask(q_segment_BL: jax.Array | None, k_segment_BS: jax.Array | Non
     return mask
 
 
-def einsum_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool) -> jax.Array:
-    """The plain reference: scores, masked float32 softmax, weighted sum."""
+def einsum_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: float | None = None,
+                     bias_BHLS=None) -> jax.Array:
+    """The plain reference: scores (+ an additive position bias), masked float32 softmax, weighted sum."""
     if is_causal:
         L, S = q_BLHK.shape[1], k_BSHK.shape[1]
         mask_B1LS = jnp.tril(jnp.ones((L, S), bool))[None, None]
-    scale = 1.0 / math.sqrt(q_BLHK.shape[-1])
+    scale = 1.0 / math.sqrt(q_BLHK.shape[-1]) if scale is None else scale
     scores_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK).astype(jnp.float32) * scale
+    if bias_BHLS is not None:
+        scores_BHLS = scores_BHLS + bias_BHLS.astype(jnp.float32)
     if mask_B1LS is not None:
         scores_BHLS = jnp.where(mask_B1LS, scores_BHLS, jnp.finfo(jnp.float32).min)
     probs_BHLS = jax.nn.softmax(scores_BHLS, axis=-1).astype(v_BSHK.dtype)
     return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
 
 
-def xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool) -> jax.Array:
+def xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: float | None = None,
+                  bias_BHLS=None) -> jax.Array:
     """`jax.nn.dot_product_attention`: fused where the backend has a kernel (cuDNN flash on GPU)."""
-    return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS, is_causal=is_causal)
+    if bias_BHLS is not None:
+        bias_BHLS = bias_BHLS.astype(q_BLHK.dtype)
+    return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_BHLS, mask=mask_B1LS,
+                                        scale=scale, is_causal=is_causal)
 
 
 ATTENTION_IMPLS = {"einsum": einsum_attention, "xla": xla_attention}
@@ -85,14 +95,15 @@ class SelfAttention(nnx.Module):
     """
 
     def __init__(self, d_model: int, n_head: int, *, proj_std: float, bias: bool, dropout: float,
-                 impl: str, dtype, rngs: nnx.Rngs):
+                 impl: str, dtype, rngs: nnx.Rngs, qkv_std=INIT_STD, scale: float | None = None):
         self.n_head = n_head
-        self.c_attn = dense(d_model, 3 * d_model, std=INIT_STD, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_attn = dense(d_model, 3 * d_model, std=qkv_std, bias=bias, dtype=dtype, rngs=rngs)
         self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
         self.resid_dropout = nnx.Dropout(dropout)
         self.impl = impl
+        self.scale = scale  # None: 1/sqrt(head width); T5 uses 1 (its initialisation absorbs it)
 
-    def __call__(self, x_BLD, mask_B1LS, *, cache: KVCache | None = None, index=None,
+    def __call__(self, x_BLD, mask_B1LS, *, cache: KVCache | None = None, index=None, bias_BHLS=None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
         B, L, D = x_BLD.shape
         qkv_BL3D = self.c_attn(x_BLD)
@@ -110,20 +121,81 @@ class SelfAttention(nnx.Module):
             k_BSHK, v_BSHK = k_BLHK, v_BLHK
         y_BLHK = ATTENTION_IMPLS[self.impl](q_BLHK, k_BSHK.astype(q_BLHK.dtype),
                                            v_BSHK.astype(q_BLHK.dtype), mask_B1LS,
-                                           is_causal=mask_B1LS is None)
+                                           is_causal=mask_B1LS is None, scale=self.scale, bias_BHLS=bias_BHLS)
         y_BLD = self.resid_dropout(self.c_proj(y_BLHK.reshape(B, L, D)),
                                    deterministic=deterministic, rngs=rngs)
         return y_BLD, cache
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention from a decoder's positions to the encoder's (T5): no causal mask, no bias."""
+
+    def __init__(self, d_model: int, n_head: int, *, q_std: float, kv_std: float, proj_std: float,
+                 bias: bool, dropout: float, impl: str, dtype, rngs: nnx.Rngs, scale: float | None = None):
+        self.n_head = n_head
+        self.c_q = dense(d_model, d_model, std=q_std, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_kv = dense(d_model, 2 * d_model, std=kv_std, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
+        self.resid_dropout = nnx.Dropout(dropout)
+        self.impl, self.scale = impl, scale
+
+    def __call__(self, x_BLD, enc_BSD, mask_B1LS, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None):
+        B, L, D = x_BLD.shape
+        S, K = enc_BSD.shape[1], D // self.n_head
+        q_BLHK = self.c_q(x_BLD).reshape(B, L, self.n_head, K)
+        k_BSHK, v_BSHK = (t.reshape(B, S, self.n_head, K) for t in jnp.split(self.c_kv(enc_BSD), 2, axis=-1))
+        y_BLHK = ATTENTION_IMPLS[self.impl](q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal=False,
+                                           scale=self.scale)
+        return self.resid_dropout(self.c_proj(y_BLHK.reshape(B, L, D)), deterministic=deterministic,
+                                  rngs=rngs)
+
+
+def relative_position_buckets(relative_LS: jax.Array, *, bidirectional: bool, n_buckets: int,
+                              max_distance: int) -> jax.Array:
+    """T5's bucketing of key − query offsets (Raffel et al. 2020, §2.1): half the buckets (per direction
+    when bidirectional) are exact small distances, the rest grow logarithmically up to `max_distance`,
+    beyond which all offsets share the last bucket. A decoder (not bidirectional) sees no future keys."""
+    buckets = jnp.zeros_like(relative_LS)
+    if bidirectional:
+        n_buckets //= 2
+        buckets = buckets + (relative_LS > 0) * n_buckets
+        distance_LS = jnp.abs(relative_LS)
+    else:
+        distance_LS = jnp.maximum(-relative_LS, 0)
+    exact = n_buckets // 2
+    # log(0) is never taken: the where below picks the exact bucket for distances under `exact`.
+    log_ratio = jnp.log(jnp.maximum(distance_LS, 1) / exact) / math.log(max_distance / exact)
+    far_LS = exact + (log_ratio * (n_buckets - exact)).astype(relative_LS.dtype)
+    far_LS = jnp.minimum(far_LS, n_buckets - 1)
+    return buckets + jnp.where(distance_LS < exact, distance_LS, far_LS)
+
+
+class RelativePositionBias(nnx.Module):
+    """A learned scalar per (bucket, head), added to the attention logits; computed once per stack and
+    shared by all its layers, as in T5."""
+
+    def __init__(self, n_buckets: int, max_distance: int, n_head: int, *, bidirectional: bool, std: float,
+                 rngs: nnx.Rngs):
+        self.embedding = nnx.Param(nnx.initializers.normal(std)(rngs.params(), (n_buckets, n_head),
+                                                                jnp.float32))
+        self.n_buckets, self.max_distance, self.bidirectional = n_buckets, max_distance, bidirectional
+
+    def __call__(self, q_positions_L: jax.Array, k_positions_S: jax.Array) -> jax.Array:
+        relative_LS = k_positions_S[None, :] - q_positions_L[:, None]
+        buckets_LS = relative_position_buckets(relative_LS, bidirectional=self.bidirectional,
+                                               n_buckets=self.n_buckets, max_distance=self.max_distance)
+        return jnp.transpose(self.embedding[...][buckets_LS], (2, 0, 1))[None]  # [1, H, L, S]
 
 
 class MLP(nnx.Module):
     """Position-wise feed-forward; swiglu gates one half of the hidden layer with the other."""
 
     def __init__(self, d_model: int, d_ff: int, *, activation: str, proj_std: float, bias: bool,
-                 dropout: float, dtype, rngs: nnx.Rngs):
+                 dropout: float, dtype, rngs: nnx.Rngs, fc_std: float = INIT_STD):
         self.gated = activation == "swiglu"
         width = 2 * d_ff if self.gated else d_ff
-        self.c_fc = dense(d_model, width, std=INIT_STD, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_fc = dense(d_model, width, std=fc_std, bias=bias, dtype=dtype, rngs=rngs)
         self.c_proj = dense(d_ff, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
         self.activation = jax.nn.silu if self.gated else ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
@@ -143,11 +215,19 @@ def layer_norm(d_model: int, *, eps: float, bias: bool, dtype, rngs: nnx.Rngs) -
                          rngs=rngs)
 
 
+def rms_norm(d_model: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    """T5's layer norm: scale only, no mean subtraction, no bias."""
+    return nnx.RMSNorm(d_model, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
 class Block(nnx.Module):
-    """Pre-LayerNorm transformer block (GPT-2 layout): x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Transformer block. Pre-LayerNorm (GPT-2): x + attn(ln(x)), then x + mlp(ln(x)); post-LayerNorm
+    (BERT, `post_norm=True`): ln(x + attn(x)), then ln(x + mlp(x))."""
 
     def __init__(self, d_model: int, n_head: int, d_ff: int, *, activation: str, proj_std: float,
-                 bias: bool, dropout: float, eps: float, impl: str, dtype, rngs: nnx.Rngs):
+                 bias: bool, dropout: float, eps: float, impl: str, dtype, rngs: nnx.Rngs,
+                 post_norm: bool = False):
+        self.post_norm = post_norm
         self.ln_1 = layer_norm(d_model, eps=eps, bias=bias, dtype=dtype, rngs=rngs)
         self.attn = SelfAttention(d_model, n_head, proj_std=proj_std, bias=bias, dropout=dropout,
                                   impl=impl, dtype=dtype, rngs=rngs)
@@ -157,6 +237,10 @@ class Block(nnx.Module):
 
     def __call__(self, x_BLD, mask_B1LS, *, cache: KVCache | None = None, index=None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        if self.post_norm:
+            y_BLD, _ = self.attn(x_BLD, mask_B1LS, deterministic=deterministic, rngs=rngs)
+            x_BLD = self.ln_1(x_BLD + y_BLD)
+            return self.ln_2(x_BLD + self.mlp(x_BLD, deterministic=deterministic, rngs=rngs)), None
         y_BLD, cache = self.attn(self.ln_1(x_BLD), mask_B1LS, cache=cache, index=index,
                                  deterministic=deterministic, rngs=rngs)
         x_BLD = x_BLD + y_BLD

@@ -20,6 +20,13 @@ from gptjax.data import (
     unigram_entropy,
 )
 from gptjax.data.packing import TrainWindows, pack_documents
+from gptjax.data.sources import (
+    PYDOC_CLASSES,
+    PYDOC_EXCLUDED,
+    load_examples,
+    pydoc_topic_split,
+    topic_passages,
+)
 
 EOT, PAD = 256, 257
 
@@ -257,7 +264,7 @@ def test_config_errors(tmp_path, monkeypatch):
         hand_data(train_docs=["x" * 200], val_docs=["y" * 200], seq_len=128)
     with pytest.raises(ConfigError, match=r"validation split too short: 21 tokens .* at least 65 "):
         hand_data(train_docs=["x" * 300], val_docs=["y" * 20], seq_len=64)
-    assert "unknown data.tokenizer 'bpe'" in error_of(DataConfig(tokenizer="bpe"))
+    assert "unknown data.tokenizer 'wordpiece'" in error_of(DataConfig(tokenizer="wordpiece"))
     assert "unknown data.source 'hf:x'" in error_of(DataConfig(source="hf:x"))
     assert "takes no argument" in error_of(DataConfig(source="pydoc:x"))
 
@@ -277,6 +284,94 @@ def test_unigram_entropy_by_hand():
     counts = np.array([5, 1, 3, 1])
     p = counts / counts.sum()
     assert unigram_entropy(np.repeat(np.arange(4), counts)) == pytest.approx(-(p * np.log(p)).sum())
+
+
+# ---------------------------------------------------------------- classification examples (pydoc)
+
+
+def examples_error(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_examples(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture(scope="module")
+def pydoc_examples():
+    return load_examples(DataConfig())
+
+
+def flat_topic(name: str) -> str:
+    from pydoc_data.topics import topics
+
+    return " ".join(topics[name].split())
+
+
+def test_topic_passages_by_hand():
+    text = ("The \"pass\" statement\n********************\n\n   pass_stmt ::= \"pass\"\n\n"
+            "\"pass\" is a null operation. When it is executed,\nnothing happens.\n\n"
+            "   >>> def f(arg): pass\n\n"
+            "One. Two is here. Three is here. Four is here. \"Five\" too.\n\n"
+            "Too short.\n\n"
+            "A sentence that is far too long: " + "word " * 80 + "end.\n")
+    assert topic_passages(text) == [
+        "\"pass\" is a null operation. When it is executed, nothing happens.",
+        "One. Two is here. Three is here.",
+        "Four is here. \"Five\" too.",
+    ]
+
+
+def test_pydoc_every_topic_classified_or_excluded():
+    from pydoc_data.topics import topics
+
+    classified = [t for names in PYDOC_CLASSES.values() for t in names]
+    assert len(classified) == len(set(classified))  # one class per topic
+    assert not set(classified) & set(PYDOC_EXCLUDED)
+    assert set(topics) == set(classified) | set(PYDOC_EXCLUDED)
+
+
+def test_pydoc_examples_labels_and_balance(pydoc_examples):
+    ex = pydoc_examples
+    assert ex.label_names == ["statements", "expressions", "data model", "built-in types"]
+    for split in (ex.train, ex.val):
+        counts = np.bincount([label for _, label in split], minlength=4)
+        assert len(counts) == 4 and counts.min() > 0
+        assert counts.max() / counts.sum() < 0.35  # the majority-class baseline stays near 1/4
+        assert all(20 <= len(text) <= 400 and text == text.strip() for text, _ in split)
+        assert len({text for text, _ in split}) == len(split)
+    assert 0.08 < len(ex.val) / (len(ex.train) + len(ex.val)) < 0.15  # val_fraction 0.1
+    # Each passage is text of a topic of its own class and of no other class's topic (checked on the raw
+    # topics, not the extractor), so its label is unambiguous.
+    class_text = {label: " ".join(flat_topic(t) for t in names)
+                  for label, names in enumerate(PYDOC_CLASSES.values())}
+    for text, label in ex.train + ex.val:
+        assert [other for other in range(4) if text in class_text[other]] == [label]
+
+
+def test_pydoc_examples_split_by_whole_topics(pydoc_examples):
+    label_of, train_topics, val_topics = pydoc_topic_split(0.1)
+    assert not set(train_topics) & set(val_topics)
+    assert {label_of[t] for t in val_topics} == {0, 1, 2, 3} == {label_of[t] for t in train_topics}
+    val_text = " ".join(flat_topic(t) for t in val_topics)
+    assert not [text for text, _ in pydoc_examples.train if text in val_text]
+    train_text = " ".join(flat_topic(t) for t in train_topics)
+    # The split does hold out text: most validation passages occur in no training topic.
+    assert sum(text not in train_text for text, _ in pydoc_examples.val) > 0.8 * len(pydoc_examples.val)
+
+
+def test_pydoc_examples_deterministic_and_fraction(pydoc_examples):
+    assert load_examples(DataConfig()) == pydoc_examples
+    larger = load_examples(DataConfig(val_fraction=0.2))
+    assert len(larger.val) > 1.5 * len(pydoc_examples.val)
+
+
+def test_examples_config_errors(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    assert examples_error(DataConfig(source=f"text:{tmp_path / 'a.txt'}")).endswith(
+        "classification needs labels; use pydoc or tfds:NAME")
+    assert "unknown data.source 'wiki'" in examples_error(DataConfig(source="wiki"))
+    assert "takes no argument" in examples_error(DataConfig(source="pydoc:x"))
 
 
 # ---------------------------------------------------------------- tfds, read without TensorFlow
@@ -343,3 +438,68 @@ def test_tfds_errors(tfds_dir, tmp_path):
     assert not list(tmp_path.rglob("*.array_record*"))
     cfg = dataclasses.replace(tfds_config(tfds_dir), source="tfds:")
     assert "needs a dataset name" in error_of(cfg)
+
+
+LABELLED = {"train": [(f"a fine film number {i}" if i % 3 else f"a dull film number {i}", int(i % 3 != 0))
+                      for i in range(12)],
+            "validation": [("wonderful", 1), ("boring", 0), ("   ", 1)],
+            "test": [("unlabelled", -1)]}
+
+
+class TinyLabelled(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """An SST-2-shaped dataset: a "sentence" and a ClassLabel "label", -1 in the unlabelled test split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SPLITS = LABELLED
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"sentence": tfds.features.Text(), "score": np.int64,
+             "label": tfds.features.ClassLabel(names=["negative", "positive"])}))
+
+    def _split_generators(self, dl_manager):
+        return {name: self._generate_examples(pairs) for name, pairs in self.SPLITS.items()}
+
+    def _generate_examples(self, pairs):
+        for i, (text, label) in enumerate(pairs):
+            yield i, {"sentence": text, "label": label, "score": 2 * label + 3}
+
+
+class TinyLabelledTrainOnly(TinyLabelled, skip_registration=True):
+    SPLITS = {"train": LABELLED["train"]}
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds_labelled")
+    for builder_class in (TinyLabelled, TinyLabelledTrainOnly):
+        builder_class(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return str(data_dir)
+
+
+def test_tfds_examples_from_local_dataset(labelled_dir):
+    cfg = DataConfig(source="tfds:tiny_labelled", tfds_data_dir=labelled_dir, tfds_text_key="sentence")
+    ex = load_examples(cfg)
+    assert ex.label_names == ["negative", "positive"]
+    assert sorted(ex.train) == sorted(LABELLED["train"])
+    assert sorted(ex.val) == [("boring", 0), ("wonderful", 1)]  # the blank sentence is dropped
+    # An integer feature works too; its names are "0" … the largest label (scores are 3 and 5 here).
+    scores = load_examples(dataclasses.replace(cfg, tfds_label_key="score"))
+    assert scores.label_names == [str(i) for i in range(6)]
+    assert sorted(scores.val) == [("boring", 3), ("wonderful", 5)]
+    held_out = load_examples(dataclasses.replace(cfg, source="tfds:tiny_labelled_train_only"))
+    assert len(held_out.val) == 2 and sorted(held_out.train + held_out.val) == sorted(LABELLED["train"])
+    assert load_examples(dataclasses.replace(cfg, source="tfds:tiny_labelled_train_only")) == held_out
+    assert "tensorflow" not in sys.modules
+
+
+def test_tfds_examples_errors(labelled_dir, tfds_dir):
+    cfg = DataConfig(source="tfds:tiny_labelled", tfds_data_dir=labelled_dir, tfds_text_key="sentence")
+    assert "no feature data.tfds_label_key='stars'" in examples_error(
+        dataclasses.replace(cfg, tfds_label_key="stars"))
+    assert "is Text, not a ClassLabel or an integer scalar" in examples_error(
+        dataclasses.replace(cfg, tfds_label_key="sentence"))
+    unlabelled = dataclasses.replace(cfg, tfds_val_split="test")
+    assert "split 'test' has label -1 (unlabelled?)" in examples_error(unlabelled)
+    # The language-modelling corpus has no labels at all.
+    assert "no feature data.tfds_label_key='label'" in examples_error(tfds_config(tfds_dir))

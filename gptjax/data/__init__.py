@@ -13,11 +13,12 @@ import numpy as np
 
 from gptjax.config import ConfigError, DataConfig
 from gptjax.data.packing import Batch, TrainWindows, pack_documents, validation_rows
-from gptjax.data.sources import SOURCES, Documents, load_documents, split_documents
-from gptjax.data.tokenizers import TOKENIZERS, ByteTokenizer, build_tokenizer
+from gptjax.data.sources import SOURCES, Documents, Examples, load_documents, load_examples, split_documents
+from gptjax.data.tokenizers import TOKENIZERS, BpeTokenizer, ByteTokenizer, Tokenizer, build_tokenizer
 
-__all__ = ["Batch", "ByteTokenizer", "Documents", "LMData", "SOURCES", "TOKENIZERS", "build_data",
-           "build_tokenizer", "load_documents", "split_documents", "unigram_entropy"]
+__all__ = ["Batch", "BpeTokenizer", "ByteTokenizer", "Documents", "Examples", "LMData", "SOURCES",
+           "TOKENIZERS", "Tokenizer", "build_data", "build_tokenizer", "load_documents", "load_examples",
+           "split_documents", "unigram_entropy"]
 
 
 class LMData:
@@ -76,10 +77,13 @@ class LMData:
 def build_data(cfg: DataConfig, seed: int) -> LMData:
     """Tokenizer, documents and packed splits for `cfg`; ConfigError (one line) on bad input.
 
-    Names are checked before any file is read, so a typo costs nothing.
+    Names are checked before any file is read, so a typo costs nothing. A trained tokenizer (bpe) is
+    trained here on the training split; `gptjax.objectives.build_objective_data` also reuses a cached one.
     """
-    tokenizer = build_tokenizer(cfg)
-    return LMData(cfg, seed, tokenizer, load_documents(cfg))
+    if cfg.tokenizer not in TOKENIZERS:
+        build_tokenizer(cfg)  # the one-line error, before the source is read
+    docs = load_documents(cfg)
+    return LMData(cfg, seed, build_tokenizer(cfg, train_docs=docs.train), docs)
 
 
 def unigram_entropy(tokens: np.ndarray) -> float:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flax import nnx
 
 from gptjax.config import ModelConfig
+from gptjax.models.bert import Bert
 from gptjax.models.gpt import GPT, count_params
+from gptjax.models.t5 import T5
 
-MODELS = {"gpt": GPT}
+MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
 
 
 def build_model(cfg: ModelConfig, seed: int) -> nnx.Module:
@@ -25,4 +27,4 @@ def abstract_params(cfg: ModelConfig):
     return split_params(nnx.eval_shape(lambda: build_model(cfg, seed=0)))
 
 
-__all__ = ["GPT", "MODELS", "abstract_params", "build_model", "count_params", "split_params"]
+__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "split_params"]

@@ -57,6 +57,9 @@ class GPT(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = dense(cfg.n_embd, cfg.vocab_size, std=INIT_STD, bias=False, dtype=dtype,
                                  rngs=rngs)
+        if cfg.n_classes:
+            # GPT-1's fine-tuning head (Radford et al. 2018, §3.2): a linear layer on the last token.
+            self.head = dense(cfg.n_embd, cfg.n_classes, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs)
 
     def hidden(self, tokens_BL: Int[Array, "B L"], *, segment_ids_BL: Int[Array, "B L"] | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Float[Array, "B L D"]:
@@ -101,6 +104,10 @@ class GPT(nnx.Module):
         if self.cfg.tie_embeddings:
             return self.wte.attend(x_BLD)
         return self.lm_head(x_BLD)
+
+    def classify(self, x_BLD: Float[Array, "B L D"], index_B: Int[Array, " B"]) -> Float[Array, "B C"]:
+        """Class logits from the hidden state at position `index_B` of each row (its extract token)."""
+        return self.head(x_BLD[jnp.arange(x_BLD.shape[0]), index_B])
 
     def __call__(self, tokens_BL: Int[Array, "B L"], *, segment_ids_BL: Int[Array, "B L"] | None = None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Float[Array, "B L V"]:
