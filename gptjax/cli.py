@@ -1,4 +1,4 @@
-"""`python -m gptjax {train,sample,eval,sweep,report} …`: the command line.
+"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf} …`: the command line.
 
 Config problems are found before JAX is imported and reported as one line on stderr with exit code 2.
 """
@@ -23,6 +23,11 @@ def _train(args: argparse.Namespace) -> int:
     result = train(cfg, workdir)
     val = result["val"]
     unigram = result["val_unigram_entropy"]
+    if cfg.objective.name != "causal_lm":
+        shown = ", ".join(f"{key} {value:.4f}" for key, value in val.items() if key not in ("loss", "tokens"))
+        print(f"\nfinal validation loss {val['loss']:.4f} at step {result['step']} ({shown}); the validation "
+              f"text's unigram entropy is {unigram:.4f} nats/token; run in {workdir}")
+        return 0
     gap = 1 - val["ce"] / unigram
     print(f"\nfinal validation cross-entropy {val['ce']:.4f} nats/token (perplexity {val['perplexity']:.2f}) "
           f"at step {result['step']}, {abs(gap):.0%} {'below' if gap >= 0 else 'above'} the validation "
@@ -31,10 +36,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
+def _language_model(workdir: Path):
+    """The config of a workdir holding a GPT (what `sample` and `eval` need), or a one-line error."""
+    import json
+
+    from gptjax.config import from_dict
+
     if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
+    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    if cfg.model.family != "gpt":
+        raise ConfigError(f"{workdir} holds a {cfg.model.family} model trained with {cfg.objective.name}; "
+                          "sample and eval need a decoder-only (gpt) language model")
+    return cfg
+
+
+def _sample(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    _language_model(workdir)
     import dataclasses
 
     from gptjax.config import validate
@@ -52,12 +71,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from gptjax.config import from_dict
-
     workdir = Path(args.workdir)
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    cfg = _language_model(workdir)
     window = args.window or cfg.model.context
     stride = args.stride or max(1, window // 2)
     if not 0 < window <= cfg.model.context:
@@ -66,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
-    from gptjax.data import build_data
+    from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
     from gptjax.evaluate import windowed_perplexity
     from gptjax.train import load_for_inference
@@ -75,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.text:
         docs, what = [Path(args.text).read_text()], args.text
     else:
-        docs, what = build_data(cfg.data, cfg.train.seed).val_docs, "the validation split"
+        docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
     result = windowed_perplexity(run, params, stream_S, doc_S if cfg.data.document_mask else None,
                                  window=window, stride=stride, pad_id=tokenizer.pad_id,
@@ -93,7 +108,7 @@ def _sweep(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     try:
         results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
-                            jobs=args.jobs, shard=shard)
+                            jobs=args.jobs, shard=shard, vmap=args.vmap)
     except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
         print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
               file=sys.stderr)
@@ -109,6 +124,23 @@ def _report(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else Path("runs") / name
     path = write_report(root, target=args.target)
     print(f"report written to {path}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args.experiment, args.overrides)
+    from gptjax.describe import describe, format_description
+
+    print(format_description(describe(cfg, accelerator=args.accelerator, mfu=args.mfu, devices=args.devices)))
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from gptjax.interop import import_hf
+
+    cfg = import_hf(Path(args.hf_dir), Path(args.workdir), args.overrides)
+    print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
+          f"d {cfg.model.n_embd}) into {args.workdir}: step 0, optimizer {cfg.optim.preset}")
     return 0
 
 
@@ -147,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
     w.add_argument("--shard", help="i/N: run only every N-th variant starting at i (0 <= i < N), for N hosts")
     w.add_argument("--dir", help="sweep directory (default: runs/<experiment>)")
+    w.add_argument("--vmap", action="store_true",
+                   help="train variants that differ only in lr/b1/b2/eps/weight_decay of one update rule as "
+                        "one vmapped program each; shards then split these groups (use it on every host)")
     w.set_defaults(func=_sweep)
 
     r = sub.add_parser("report", help="tables and plots of a sweep, from its metrics.jsonl files")
@@ -155,6 +190,25 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--target", type=float, help="validation loss for 'steps to reach' (default: the worst "
                                                 "optimizer's best mean final loss)")
     r.set_defaults(func=_report)
+
+    d = sub.add_parser("describe", help="parameters, memory, FLOPs and step time of an experiment's model, "
+                                        "from shapes alone (allocates nothing)")
+    d.add_argument("experiment", help="a name in experiments/ or a path to a .py file")
+    d.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model.n_layer=96 model.n_embd=12288")
+    d.add_argument("--accelerator", default="h100", help="h100 | h200 | a100 | v4 | v5e | v5p | cpu "
+                                                         "(default: h100)")
+    d.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default: 0.4)")
+    d.add_argument("--devices", type=int, default=1, help="devices sharing each step (default: 1)")
+    d.set_defaults(func=_describe)
+
+    h = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2/BERT/T5 directory (config.json + "
+                                         "model.safetensors) into a gptjax workdir at step 0")
+    h.add_argument("hf_dir", help="local directory with config.json and model.safetensors")
+    h.add_argument("workdir", help="the gptjax workdir to create")
+    h.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="applied to the imported config, e.g. data.seq_len=512 optim.preset=gpt3_adamw")
+    h.set_defaults(func=_import_hf)
     return p
 
 
@@ -162,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep")
+    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

@@ -51,7 +51,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME
-    tokenizer: str = "byte"  # byte | bpe (byte-level BPE trained on the training split, cached in the workdir)
+    tokenizer: str = "byte"  # byte | bpe (byte-level BPE trained on the training split, kept in the workdir)
     tokenizer_vocab: int = 8192  # bpe: vocabulary size, special tokens included
     seq_len: int = 128
     batch_size: int = 32  # global batch, in sequences
@@ -170,6 +170,10 @@ class TrainConfig:
     coordinator_address: str = ""  # host:port of process 0, when the cluster does not say
     num_processes: int = 1
     process_id: int = 0
+    # Start from another run's parameters (a workdir of this codebase, e.g. a pre-trained GPT for
+    # gpt1_finetune, or one written by `import-hf`): parameters present in both are copied, new ones (a
+    # classification head) keep their fresh initialisation, the optimizer starts anew. Ignored on resume.
+    init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +201,6 @@ class ObjectiveConfig:
     mean_span_length: float = 3.0
     # gpt1_finetune (Radford et al. 2018, §3.2): L3 = L2 + λ·L1 with the causal-LM loss L1 as auxiliary.
     lm_weight: float = 0.5
-    init_from: str = ""  # gpt1_finetune: workdir of a pre-trained GPT of this codebase; "": from scratch
 
 
 LOSS_TERMS = ("ce", "label_smoothing", "z", "kl", "mse", "unlikelihood")  # gptjax/losses.py TERMS
@@ -316,7 +319,8 @@ def validate(cfg: Experiment) -> Experiment:
     _check(t.data_parallel == -1 or t.data_parallel > 0,
            f"train.data_parallel must be positive or -1 (every device), got {t.data_parallel}")
 
-    _check(0 < s.max_new_tokens < m.context,
+    # Only a GPT generates text; an encoder's sample section is never read.
+    _check(m.family != "gpt" or 0 < s.max_new_tokens < m.context,
            f"sample.max_new_tokens must be in [1, model.context), got {s.max_new_tokens}")
     _check(s.temperature >= 0, f"sample.temperature must be >= 0 (0: greedy), got {s.temperature}")
     _check(s.top_k >= 0, f"sample.top_k must be >= 0 (0: off), got {s.top_k}")
@@ -333,7 +337,8 @@ def validate_objective(cfg: Experiment) -> None:
     families = OBJECTIVE_FAMILIES[ob.name]
     _check(m.family in families,
            f"objective {ob.name} trains a {' or '.join(families)} model, not model.family={m.family}: "
-           + {"gpt": "a decoder-only model has no encoder to corrupt spans for or to see both sides of a mask",
+           + {"gpt": "a decoder-only model has no encoder for corrupted spans and never sees both sides "
+                     "of a mask",
               "bert": "a bidirectional encoder sees the token it would predict next",
               "t5": "an encoder-decoder is trained here with span_corruption only"}[m.family])
     _check(ob.name not in SPECIAL_TOKEN_OBJECTIVES or cfg.data.tokenizer == "bpe",
@@ -360,9 +365,8 @@ def validate_objective(cfg: Experiment) -> None:
     _check(0.0 < ob.noise_density < 1.0, f"objective.noise_density must be in (0, 1), got {ob.noise_density}")
     _check(ob.mean_span_length >= 1.0, f"objective.mean_span_length must be >= 1, got {ob.mean_span_length}")
     _check(ob.lm_weight >= 0, f"objective.lm_weight must be >= 0, got {ob.lm_weight}")
-    _check(ob.name == "gpt1_finetune" or not ob.init_from,
-           f"objective.init_from is for gpt1_finetune, not {ob.name}")
-    _check(cfg.data.tokenizer_vocab >= 512, f"data.tokenizer_vocab must be >= 512, got {cfg.data.tokenizer_vocab}")
+    _check(cfg.data.tokenizer_vocab >= 512,
+           f"data.tokenizer_vocab must be >= 512, got {cfg.data.tokenizer_vocab}")
 
 
 def validate_loss(lo: LossConfig) -> None:

@@ -25,13 +25,13 @@ from flax import nnx
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer
 from gptjax.config import ConfigError, Experiment, from_dict, to_dict
-from gptjax.data import build_data, build_tokenizer, unigram_entropy
+from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import generate
 from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
-from gptjax.metrics import MetricsWriter, NullWriter, progress_bar, summarize
+from gptjax.metrics import MetricsWriter, NullWriter, progress_bar
 from gptjax.models import abstract_params, build_model, count_params, split_params
-from gptjax.objectives import causal_lm_loss
+from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
 
 
@@ -42,30 +42,39 @@ class TrainState:
     opt_state: Any
 
 
-def resolve(cfg: Experiment, vocab_size: int) -> Experiment:
-    """Fill in what the config leaves to the data: the vocabulary size (0 = the tokenizer's)."""
-    if cfg.model.vocab_size:
-        if cfg.model.vocab_size < vocab_size:
-            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
-                              f"tokenizer's vocabulary ({vocab_size})")
-        return cfg
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+def resolve(cfg: Experiment, vocab_size: int, n_classes: int = 0) -> Experiment:
+    """Fill in what the config leaves to the data: the vocabulary size (0 = the tokenizer's) and, for a
+    classification objective, the number of classes (0 = the data's)."""
+    m = cfg.model
+    if m.vocab_size and m.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size ({m.vocab_size}) is smaller than the "
+                          f"tokenizer's vocabulary ({vocab_size})")
+    if m.n_classes and m.n_classes < n_classes:
+        raise ConfigError(f"model.n_classes ({m.n_classes}) is smaller than the data's {n_classes} classes")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=m.vocab_size or vocab_size,
+                                                              n_classes=m.n_classes or n_classes))
 
 
-def loss_fn(params, batch, key, *, graphdef, cfg: Experiment, deterministic: bool, teacher=None):
-    """Summed loss over the batch (the weighted sum of `cfg.loss.terms`), and the summed metrics.
+def denominators(batch, cfg: Experiment) -> dict[str, jax.Array]:
+    """Each loss part's normaliser over the whole global batch (1 where the batch has none of it)."""
+    counts = OBJECTIVES[cfg.objective.name].denominators(batch, cfg)
+    return {name: jnp.where(count > 0, count, 1.0) for name, count in counts.items()}
 
-    A sum, not a mean: micro-batches and devices add their sums, and the train step divides once by
-    the total weight, so k micro-batches give exactly the update of one batch k times larger.
+
+def loss_fn(params, batch, key, *, graphdef, cfg: Experiment, deterministic: bool, denominators,
+            teacher=None):
+    """The objective's loss Σ coefficient · part sum / part denominator, and the summed metrics.
+
+    The denominators come from the whole global batch, so when the batch is split into micro-batches
+    their losses (and gradients) add up to exactly the one-batch value.
     `teacher` is (graphdef, params) of the model the `kl` term distils from, or None.
     """
     model = nnx.merge(graphdef, params)
     rngs = None if deterministic else nnx.Rngs(dropout=key)
-    terms, metrics = causal_lm_loss(model, batch, document_mask=cfg.data.document_mask,
-                                    deterministic=deterministic, rngs=rngs, loss=cfg.loss,
-                                    batch_rows=cfg.data.batch_size,
-                                    teacher=None if teacher is None else nnx.merge(*teacher))
-    return terms.sum, metrics
+    extra = {} if teacher is None else {"teacher": nnx.merge(*teacher)}
+    parts, metrics = OBJECTIVES[cfg.objective.name].loss(model, batch, cfg=cfg, deterministic=deterministic,
+                                                         rngs=rngs, **extra)
+    return sum(coef * value / denominators[name] for name, (coef, value) in parts.items()), metrics
 
 
 def micro_batches(batch, k: int):
@@ -77,11 +86,12 @@ def micro_batches(batch, k: int):
 def gradients(params, batch, key, *, graphdef, cfg: Experiment, teacher=None):
     """Gradient of the mean loss per real target token over the batch, in `train.grad_accum` pieces.
 
-    Micro-batch gradients of summed losses are added and divided once by the total weight, so the
+    Micro-batch gradients, each normalised by the whole batch's denominators, are added, so the
     result equals the one-batch gradient whatever the padding in each piece.
     """
     grad_fn = jax.grad(functools.partial(loss_fn, graphdef=graphdef, cfg=cfg, teacher=teacher,
-                                         deterministic=cfg.model.dropout == 0.0), has_aux=True)
+                                         deterministic=cfg.model.dropout == 0.0,
+                                         denominators=denominators(batch, cfg)), has_aux=True)
     k = cfg.train.grad_accum
     if k == 1:
         grads, metrics = grad_fn(params, batch, key)
@@ -96,8 +106,7 @@ def gradients(params, batch, key, *, graphdef, cfg: Experiment, teacher=None):
         first = jax.tree_util.tree_map(lambda x: x[0], pieces)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, first, key))
         (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), pieces))
-    weight = jnp.where(metrics["weight"] > 0, metrics["weight"], 1.0)
-    return jax.tree_util.tree_map(lambda g: g / weight, grads), metrics
+    return grads, metrics
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx, cfg: Experiment, teacher=None):
@@ -119,7 +128,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx, cfg: Experiment, teach
 
 
 def eval_step(params, batch, *, graphdef, cfg: Experiment, teacher=None):
-    _, metrics = loss_fn(params, batch, None, graphdef=graphdef, cfg=cfg, deterministic=True, teacher=teacher)
+    _, metrics = loss_fn(params, batch, None, graphdef=graphdef, cfg=cfg, deterministic=True,
+                         denominators=denominators(batch, cfg), teacher=teacher)
     return metrics
 
 
@@ -131,8 +141,9 @@ def init_state(seed: int, *, cfg: Experiment, tx) -> TrainState:
 class Run:
     """Everything needed to step, evaluate and checkpoint one experiment on one mesh."""
 
-    def __init__(self, cfg: Experiment, vocab_size: int):
-        self.cfg = cfg = resolve(cfg, vocab_size)
+    def __init__(self, cfg: Experiment, vocab_size: int, n_classes: int = 0):
+        self.cfg = cfg = resolve(cfg, vocab_size, n_classes)
+        self.objective = OBJECTIVES[cfg.objective.name]
         # Each micro-batch is split over the data axis, so it is the micro-batch that must divide.
         k = cfg.train.grad_accum
         self.mesh = sharding.make_mesh(cfg.train, cfg.data.batch_size // k,
@@ -152,6 +163,11 @@ class Run:
             self.abstract_state, state_shardings)
         replicated = sharding.replicated(self.mesh)
         self.init = jax.jit(init, out_shardings=state_shardings)
+        # Given parameters (train.init_from), a fresh optimizer state and step 0.
+        self.init_with = jax.jit(
+            lambda params: TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params)),
+            out_shardings=state_shardings)
+        self.init_from = None  # (config, step) of train.init_from, set by train()
         self.step = jax.jit(
             functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, cfg=cfg, teacher=self.teacher),
             in_shardings=(state_shardings, sharding.batch_sharding(self.mesh)),
@@ -166,7 +182,7 @@ class Run:
         for batch in batches:
             metrics = self.eval(params, batch)
             totals = {k: totals.get(k, 0.0) + v for k, v in metrics.items()}
-        return summarize({k: float(v) for k, v in jax.device_get(totals).items()})
+        return self.objective.summarize({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
 def check_workdir(workdir: Path, cfg: Experiment) -> None:
@@ -212,14 +228,17 @@ def train(cfg: Experiment, workdir: Path, *, log=print) -> dict[str, Any]:
     `train.max_nonfinite_steps` non-finite steps in a row, `ConfigError` for bad input (before writing).
     """
     workdir = Path(workdir)
-    data = build_data(cfg.data, cfg.train.seed)
-    prompt_tokens(cfg, data.tokenizer)  # a sample that cannot fit fails now, not after training
+    init_from = check_init_from(cfg)
+    data = build_objective_data(cfg, tokenizer_path(cfg, workdir))
+    if cfg.objective.name == "causal_lm":
+        prompt_tokens(cfg, data.tokenizer)  # a sample that cannot fit fails now, not after training
     sharding.initialize_distributed(cfg.train)
     if cfg.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.train.compilation_cache_dir).absolute()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    run = Run(cfg, data.tokenizer.vocab_size)
+    run = Run(cfg, data.tokenizer.vocab_size, getattr(data, "n_classes", 0))
     check_workdir(workdir, run.cfg)
+    run.init_from = init_from
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the lock and writes config, metrics and the sample.
     lead = jax.process_index() == 0
@@ -231,10 +250,15 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     cfg = run.cfg
     if lead:
         (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        if hasattr(data.tokenizer, "save") and not (workdir / "tokenizer.json").exists():
+            data.tokenizer.save(workdir / "tokenizer.json")  # sample, eval and resume read it back
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
     restored = checkpointer.restore_latest(run.abstract_state, warn=log)
     if restored is None:
         state = run.init()
+        if run.init_from is not None:
+            state = start_from(state, run, *run.init_from)
+            log(f"{cfg.name}: parameters from {cfg.train.init_from} (step {run.init_from[1]})")
         log(f"{cfg.name}: {run.n_params:,} parameters ({run.param_bytes / 2**20:.1f} MiB), optimizer "
             f"{cfg.optim.preset} state {run.opt_state_bytes / run.n_params:.1f} bytes/parameter, "
             f"{len(run.mesh.devices.flat)} device(s), training to step {cfg.train.steps} in {workdir}")
@@ -288,7 +312,7 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
         window["steps"] = window.get("steps", 0) + 1
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             now = time.perf_counter()
-            record = summarize(window)
+            record = run.objective.summarize(window)
             n = window["steps"]
             record.update(lr=float(run.schedule(step - 1)),
                           **{k: window[k] / n for k in ("grad_norm", "update_norm", "param_norm")},
@@ -335,10 +359,56 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     if val is None:
         val = run.evaluate(state.params, val_batches)
     text = ""
-    if jax.process_count() == 1:  # multi-host: sample afterwards with `python -m gptjax sample`
+    # Multi-host: sample afterwards with `python -m gptjax sample`. Other objectives do not generate.
+    if jax.process_count() == 1 and cfg.objective.name == "causal_lm":
         text = sample_text(run, state.params, data.tokenizer, cfg.train.seed)
         (workdir / "sample.txt").write_text(text + "\n")
     return {"val": val, "sample": text, "step": int(state.step), "val_unigram_entropy": unigram}
+
+
+def tokenizer_path(cfg: Experiment, workdir: Path) -> Path:
+    """Where a trained tokenizer is kept: the workdir, or the run it starts from (same vocabulary)."""
+    return Path(cfg.train.init_from or workdir) / "tokenizer.json"
+
+
+def check_init_from(cfg: Experiment) -> tuple[Any, int] | None:
+    """`train.init_from`'s config and latest step, checked before any work; None when not set."""
+    if not cfg.train.init_from:
+        return None
+    source = Path(cfg.train.init_from)
+    if not (source / "config.json").exists():
+        raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
+                          "train that run first")
+    steps = [int(p.name) for p in (source / "checkpoints").glob("*") if p.name.isdigit()]
+    if not steps:
+        raise ConfigError(f"train.init_from {source} has no checkpoint yet")
+    previous = from_dict(json.loads((source / "config.json").read_text()))
+    if previous.model.family != cfg.model.family or previous.data.tokenizer != cfg.data.tokenizer:
+        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
+                          f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
+                          f"{cfg.data.tokenizer}")
+    return previous, max(steps)
+
+
+def start_from(state: TrainState, run: Run, previous: Experiment, step: int) -> TrainState:
+    """`state` with every parameter the `train.init_from` run also has replaced by that run's value.
+
+    Parameters only this model has (a new classification head) keep their fresh initialisation; a
+    parameter present in both with different shapes is an error naming it. The optimizer starts anew.
+    """
+    _, params, _ = load_for_inference(Path(run.cfg.train.init_from))
+    flat_new = flax.traverse_util.flatten_dict(jax.device_get(state.params))
+    flat_old = flax.traverse_util.flatten_dict(jax.device_get(params))
+    name = lambda path: "/".join(str(p) for p in path)
+    for path, old in flat_old.items():
+        if path in flat_new and old.shape != flat_new[path].shape:
+            raise ConfigError(f"train.init_from {run.cfg.train.init_from}: parameter {name(path)} has shape "
+                              f"{tuple(old.shape)} there, {tuple(flat_new[path].shape)} here")
+    missing = sorted(name(path) for path in set(flat_old) - set(flat_new))
+    if missing:
+        raise ConfigError(f"train.init_from {run.cfg.train.init_from}: this model has no {missing[0]} "
+                          f"(and {len(missing) - 1} more); model shapes must match")
+    return run.init_with(flax.traverse_util.unflatten_dict({**flat_new, **flat_old}))
 
 
 def load_teacher(workdir: str, vocab_size: int) -> tuple[Any, Any]:
@@ -357,7 +427,7 @@ def load_for_inference(workdir: Path) -> tuple[Run, Any, Any]:
     if not path.exists():
         raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
     cfg = from_dict(json.loads(path.read_text()))
-    tokenizer = build_tokenizer(cfg.data)
+    tokenizer = build_tokenizer(cfg.data, cache=workdir / "tokenizer.json")
     run = Run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_parallel=1)),
               tokenizer.vocab_size)
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)

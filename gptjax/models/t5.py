@@ -56,9 +56,9 @@ class DecoderBlock(EncoderBlock):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         super().__init__(cfg, rngs=rngs)
         D, K, dtype = cfg.n_embd, cfg.n_embd // cfg.n_head, DTYPES[cfg.dtype]
-        self.cross = CrossAttention(D, cfg.n_head, q_std=(D * K) ** -0.5, kv_std=D ** -0.5, proj_std=D ** -0.5,
-                                    bias=False, dropout=cfg.dropout, impl=cfg.attention, dtype=dtype,
-                                    rngs=rngs, scale=1.0)
+        self.cross = CrossAttention(D, cfg.n_head, q_std=(D * K) ** -0.5, kv_std=D ** -0.5,
+                                    proj_std=D ** -0.5, bias=False, dropout=cfg.dropout, impl=cfg.attention,
+                                    dtype=dtype, rngs=rngs, scale=1.0)
         self.ln_3 = rms_norm(D, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BTD, mask_B1TT, bias_1HTT, *, enc_BLD, cross_mask_B1TL, deterministic: bool, rngs):
@@ -113,7 +113,8 @@ class T5(nnx.Module):
         enc_positions_BL = jnp.broadcast_to(jnp.arange(enc_BLD.shape[1]), enc_segment_ids_BL.shape)
         mask_B1TT = attention_mask(dec_segment_ids_BT, dec_segment_ids_BT, positions_BT, positions_BT,
                                    causal=True)
-        cross_mask_B1TL = attention_mask(None, enc_segment_ids_BL, positions_BT, enc_positions_BL, causal=False)
+        cross_mask_B1TL = attention_mask(None, enc_segment_ids_BL, positions_BT, enc_positions_BL,
+                                         causal=False)
         bias_1HTT = self.dec_bias(positions_T, positions_T)
         x_BTD = self.drop(self.wte(dec_tokens_BT), deterministic=deterministic, rngs=rngs)
         for block in self.decoder:

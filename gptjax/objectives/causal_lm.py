@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.config import CHUNKABLE_TERMS, LossConfig
+from gptjax.config import CHUNKABLE_TERMS, Experiment, LossConfig
+from gptjax.data import LMData
 from gptjax.losses import (
     TERMS,
     LossTerms,
@@ -22,6 +23,9 @@ from gptjax.losses import (
     log_probs,
     normalizer,
 )
+from gptjax.metrics import summarize
+
+__all__ = ["LMData", "causal_lm_loss", "denominators", "loss", "summarize", "use_chunked"]
 
 DEFAULT_LOSS = LossConfig()
 
@@ -78,3 +82,17 @@ def causal_lm_loss(model: nnx.Module, batch, *, document_mask: bool, determinist
         total = sum(coef * sums[name] for name, coef in loss.terms.items())
     metrics.update({f"{name}_sum": value for name, value in sums.items()}, loss_sum=total)
     return LossTerms(total, weight), metrics
+
+
+def loss(model: nnx.Module, batch, *, cfg: Experiment, deterministic: bool, rngs: nnx.Rngs | None = None,
+         teacher: nnx.Module | None = None) -> tuple[dict, dict]:
+    """The objective interface (gptjax/objectives/__init__.py): one part, `lm`, the combined terms' sum."""
+    terms, metrics = causal_lm_loss(model, batch, document_mask=cfg.data.document_mask,
+                                    deterministic=deterministic, rngs=rngs, loss=cfg.loss,
+                                    batch_rows=cfg.data.batch_size, teacher=teacher)
+    return {"lm": (1.0, terms.sum)}, metrics
+
+
+def denominators(batch, cfg: Experiment) -> dict[str, jax.Array]:
+    """What the `lm` part is divided by, from the whole global batch (`loss.normalization`)."""
+    return {"lm": normalizer(batch.weights, cfg.loss.normalization, cfg.data.batch_size)}
