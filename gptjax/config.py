@@ -51,7 +51,8 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME
-    tokenizer: str = "byte"  # byte | bpe (byte-level BPE trained on the training split, kept in the workdir)
+    # byte | bpe (byte-level BPE trained on the training split, kept in the workdir) | hf (import-hf's)
+    tokenizer: str = "byte"
     tokenizer_vocab: int = 8192  # bpe: vocabulary size, special tokens included
     seq_len: int = 128
     batch_size: int = 32  # global batch, in sequences
@@ -241,7 +242,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTIONS = ("xla", "einsum")
 REMATS = ("none", "full", "dots")
 FAMILIES = ("gpt", "bert", "t5")
-TOKENIZERS = ("byte", "bpe")
+TOKENIZERS = ("byte", "bpe", "hf")  # hf: a Hugging Face tokenizer.json in the workdir (import-hf)
 # objective → the model families it trains; anything else is refused with this table's reason.
 OBJECTIVE_FAMILIES = {"causal_lm": ("gpt",), "gpt1_finetune": ("gpt",), "mlm_nsp": ("bert",),
                       "mlm": ("bert",), "span_corruption": ("t5",)}
@@ -341,7 +342,7 @@ def validate_objective(cfg: Experiment) -> None:
                      "of a mask",
               "bert": "a bidirectional encoder sees the token it would predict next",
               "t5": "an encoder-decoder is trained here with span_corruption only"}[m.family])
-    _check(ob.name not in SPECIAL_TOKEN_OBJECTIVES or cfg.data.tokenizer == "bpe",
+    _check(ob.name not in SPECIAL_TOKEN_OBJECTIVES or cfg.data.tokenizer in ("bpe", "hf"),
            f"objective {ob.name} needs [CLS]/[SEP]/[MASK]/sentinel tokens, which data.tokenizer=byte lacks; "
            "set data.tokenizer=bpe")
     _check(ob.name == "causal_lm" or set(cfg.loss.terms) == {"ce"},

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from gptjax.config import ModelConfig
+from gptjax.config import ModelConfig, ObjectiveConfig
 
 # Dense bfloat16 peak FLOP/s per device, by the `device_kind` JAX reports.
 PEAK_FLOPS = {
@@ -28,12 +28,30 @@ PEAK_FLOPS = {
 }
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, objective: ObjectiveConfig | None = None) -> float:
+    """Training FLOPs per input token by the formula above; for the other families the same count of
+    what is actually multiplied, per encoder token: BERT's MLM head runs only on the ceil(rate·L)
+    gathered positions; T5's decoder runs on the span-corruption targets (T of them per L encoder tokens)
+    with its cross-attention's keys and values projected from the L encoder tokens."""
     d, n_layer = cfg.n_embd, cfg.n_layer
     ff = cfg.mlp_ratio * d
     mlp_in = 2 * ff if cfg.activation == "swiglu" else ff
     per_layer = d * 3 * d + d * d + d * mlp_in + ff * d  # qkv, attention output, MLP in and out
     head = cfg.vocab_size * d  # the output head (tied or not)
+    if cfg.family == "bert":
+        rate = objective.mask_rate if objective is not None else 1.0
+        head = math.ceil(rate * seq_len) / seq_len * (d * d + head)  # MLM transform + vocabulary
+    if cfg.family == "t5":
+        from gptjax.objectives.span_corruption import corrupted_lengths, raw_length
+
+        ob = objective if objective is not None else ObjectiveConfig(name="span_corruption")
+        t = corrupted_lengths(raw_length(seq_len, ob.noise_density, ob.mean_span_length), ob.noise_density,
+                              ob.mean_span_length)[1]
+        n_dec, r = cfg.n_decoder_layer or n_layer, t / seq_len
+        decoder = n_dec * (per_layer + 2 * d * d) * r + n_dec * 2 * d * d  # + cross q, out; cross k, v
+        n = n_layer * per_layer + decoder + head * r
+        attention = 12.0 * d * (n_layer * seq_len + n_dec * r * (t + seq_len))  # self, decoder, cross
+        return 6.0 * n + attention
     n = n_layer * per_layer + head
     return 6.0 * n + 12.0 * n_layer * seq_len * d
 

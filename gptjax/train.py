@@ -211,8 +211,9 @@ def prompt_tokens(cfg: Experiment, tokenizer) -> np.ndarray:
 def sample_text(run: Run, params, tokenizer, seed: int) -> str:
     s = run.cfg.sample
     prompt = prompt_tokens(run.cfg, tokenizer)
+    # Ids the tokenizer cannot decode, and padding unless it doubles as end of text (GPT-2 has no pad).
     banned = tuple(i for i in range(run.cfg.model.vocab_size)
-                   if i >= tokenizer.vocab_size or i == tokenizer.pad_id)
+                   if i >= tokenizer.vocab_size or (i == tokenizer.pad_id != tokenizer.eot_id))
     tokens, count = generate(params, jnp.asarray(prompt[None]), jax.random.key(seed),
                              graphdef=run.graphdef, max_new_tokens=s.max_new_tokens,
                              temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
@@ -274,7 +275,7 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     compile_s = time.perf_counter() - t_compile
     log(f"train step compiled in {compile_s:.1f} s")
     writer = MetricsWriter(workdir) if lead else NullWriter()
-    model_flops = flops_per_token(cfg.model, cfg.data.seq_len)
+    model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
     peak = peak_flops(run.mesh.devices.flat[0])
     peak = peak * run.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)  # what a model that ignores context can reach

@@ -47,7 +47,3 @@ class ClassifyBatch(NamedTuple):
     labels: np.ndarray  # int32 [B], the class
     label_weights: np.ndarray  # float32 [B], 1.0 for real examples, 0.0 for padding rows
 
-
-def last_token_index(segment_ids_BL: np.ndarray) -> np.ndarray:
-    """Index of each row's last real (non-padding) position; rows are left-aligned, so count − 1."""
-    return np.maximum((np.asarray(segment_ids_BL) > 0).sum(axis=-1) - 1, 0)

@@ -197,9 +197,81 @@ def _bpe(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> B
 
 
 # name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
+class HfTokenizer:
+    """A Hugging Face `tokenizers` tokenizer.json (GPT-2, BERT, T5 checkpoints) behind gptjax's tokenizer
+    interface: `vocab_size`, `eot_id`, `pad_id`, `special_ids`, `encode`, `decode`, and `cls_id` /
+    `sep_id` / `mask_id` / `sentinel_ids` where the vocabulary has them.
+
+    End of text is GPT-2's <|endoftext|>, T5's </s> or BERT's [SEP]; padding is [PAD] or <pad>, and for
+    GPT-2, which has none, <|endoftext|> (padded targets carry weight 0, so the id does not matter there).
+    `encode` adds no special tokens (no [CLS], no </s>): the objectives place them.
+    """
+
+    EOT_TOKENS = ("<|endoftext|>", "</s>", "[SEP]")
+    PAD_TOKENS = ("[PAD]", "<pad>")
+
+    def __init__(self, hf_tokenizer):
+        self._hf = hf_tokenizer
+        self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        eot = [i for t in self.EOT_TOKENS if (i := hf_tokenizer.token_to_id(t)) is not None]
+        if not eot:
+            raise ConfigError(f"tokenizer has none of the end-of-text tokens {', '.join(self.EOT_TOKENS)}")
+        self.eot_id = eot[0]
+        pad = [i for t in self.PAD_TOKENS if (i := hf_tokenizer.token_to_id(t)) is not None]
+        self.pad_id = pad[0] if pad else self.eot_id
+        for attr, token in (("cls_id", "[CLS]"), ("sep_id", "[SEP]"), ("mask_id", "[MASK]")):
+            if (i := hf_tokenizer.token_to_id(token)) is not None:
+                setattr(self, attr, i)
+        sentinels = []
+        while (i := hf_tokenizer.token_to_id(f"<extra_id_{len(sentinels)}>")) is not None:
+            sentinels.append(i)
+        if sentinels:
+            self.sentinel_ids = np.array(sentinels, np.int32)
+        added = [t.content for t in hf_tokenizer.get_added_tokens_decoder().values() if t.special]
+        special = {hf_tokenizer.token_to_id(t) for t in added} | {self.eot_id, self.pad_id}
+        self.special_ids = np.array(sorted(special), np.int32)
+
+    @classmethod
+    def load(cls, path: Path) -> HfTokenizer:
+        """The tokenizer.json at `path`; ConfigError (one line) if it is missing or unreadable."""
+        from tokenizers import Tokenizer
+
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except ConfigError:
+            raise
+        except Exception as e:  # tokenizers raises a bare Exception with its parse error
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot load the tokenizer {path}: {first}") from None
+
+    def save(self, path: Path) -> None:
+        """Write the tokenizer.json again (a run started with train.init_from keeps its own copy)."""
+        self._hf.save(str(path))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        """Text of `ids` (list, NumPy or JAX array), special tokens dropped."""
+        ids = np.asarray(ids).reshape(-1).astype(np.int64).tolist()
+        return self._hf.decode(ids, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"HfTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, pad_id={self.pad_id})"
+
+
+def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> HfTokenizer:
+    """Registry builder for `data.tokenizer=hf`: the workdir's tokenizer.json (written by `import-hf`)."""
+    if cache is None or not Path(cache).is_file():
+        raise ConfigError(f"data.tokenizer=hf needs the workdir's tokenizer.json (from import-hf); {cache} "
+                          "does not exist")
+    return HfTokenizer.load(cache)
+
+
 TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = {
     "byte": _byte,
     "bpe": _bpe,
+    "hf": hf_tokenizer,
 }
 
 

@@ -110,7 +110,7 @@ class ClassifyData:
 
 
 def last_index(segment_ids_BL: jax.Array) -> jax.Array:
-    """jnp twin of `batches.last_token_index`: each row's last real position (rows are left-aligned)."""
+    """Each row's last real (non-padding) position: rows are left-aligned, so the real count − 1."""
     return jnp.maximum(jnp.sum(segment_ids_BL > 0, axis=-1) - 1, 0)
 
 

@@ -27,6 +27,7 @@ the same every call and for every training seed.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import NamedTuple
 
@@ -304,8 +305,14 @@ def loss(model, batch: MaskedBatch, *, cfg: Experiment, deterministic: bool, rng
     type_ids_BL = batch.type_ids if cfg.objective.name == "mlm_nsp" else None
     x_BLD = model.hidden(batch.inputs, segment_ids_BL=batch.segment_ids, type_ids_BL=type_ids_BL,
                          deterministic=deterministic, rngs=rngs)
-    logits_BLV = model.mlm_logits(x_BLD)
-    scored = {"mlm": (1.0, logits_BLV, batch.targets, batch.weights)}
+    # The vocabulary projection only where a token was chosen (as BERT's gather of masked positions):
+    # a row has at most ceil(L·rate) of them (floor(n·rate + u) with n ≤ L), so the top P weights hold
+    # every chosen position, and the other P − chosen carry weight 0. ~1/6 of the head's cost at 15%.
+    P = min(math.ceil(x_BLD.shape[1] * cfg.objective.mask_rate), x_BLD.shape[1])
+    _, index_BP = jax.lax.top_k(batch.weights.astype(jnp.float32), P)
+    take = lambda a: jnp.take_along_axis(a, index_BP.reshape(*index_BP.shape, *[1] * (a.ndim - 2)), axis=1)
+    logits_BPV = model.mlm_logits(take(x_BLD))
+    scored = {"mlm": (1.0, logits_BPV, take(batch.targets), take(batch.weights))}
     if cfg.objective.name == "mlm_nsp":
         # NSP is a one-position "sequence" per row, so the token-level helpers score it too.
         scored["nsp"] = (cfg.objective.nsp_weight, model.nsp_logits(x_BLD)[:, None],
