@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from gptjax.config import ModelConfig
+from gptjax.config import ModelConfig, ObjectiveConfig
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.metrics import read_metrics
 from gptjax.models import abstract_params
@@ -22,6 +22,28 @@ def test_flops_per_token_is_6n_plus_attention_with_n_the_matmul_weights(activati
     assert flops_per_token(cfg, 1024) == 6 * matmul + 12 * 12 * 1024 * 768
     if activation == "gelu":
         assert flops_per_token(cfg, 1024) == pytest.approx(6 * 123.5e6 + 113.2e6, rel=1e-3)
+
+
+def test_bert_counts_the_mlm_head_on_the_gathered_positions_only():
+    cfg = ModelConfig(family="bert", n_layer=2, n_head=2, n_embd=64, context=128, vocab_size=1000)
+    body = 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64)
+    head = 20 / 128 * (64 * 64 + 1000 * 64)  # ceil(0.15 · 128) = 20 gathered positions of 128
+    assert flops_per_token(cfg, 128, ObjectiveConfig(name="mlm")) == pytest.approx(
+        6 * (body + head) + 12 * 2 * 128 * 64, rel=1e-12)
+
+
+def test_t5_counts_the_decoder_on_its_targets_and_cross_attention_on_the_encoder():
+    cfg = ModelConfig(family="t5", n_layer=2, n_decoder_layer=3, n_head=2, n_embd=64, vocab_size=1000,
+                      bias=False, activation="relu")
+    layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64
+    # seq_len 128 holds a raw window of 141 tokens: 21 dropped in 7 spans, 29 targets (EOS included).
+    t, r = 29, 29 / 128
+    decoder_per_target = 3 * (layer + 2 * 64 * 64) + 1000 * 64  # self-attn + MLP, cross q and out, head
+    cross_kv_per_source = 3 * 2 * 64 * 64
+    n = 2 * layer + r * decoder_per_target + cross_kv_per_source
+    attention = 12 * 64 * (2 * 128 + 3 * r * (t + 128))
+    assert flops_per_token(cfg, 128, ObjectiveConfig(name="span_corruption")) == pytest.approx(
+        6 * n + attention, rel=1e-12)
 
 
 def test_mfu_is_logged_against_the_measured_cpu_peak(tmp_path):
