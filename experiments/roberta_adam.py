@@ -14,15 +14,14 @@ token-unigram entropy.
 
 import dataclasses
 
-from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, ObjectiveConfig, TrainConfig
+from gptjax.config import PRESETS, Experiment, ObjectiveConfig, load_experiment
 
 
 def get_config() -> Experiment:
-    return Experiment(
-        model=ModelConfig(family="bert", n_layer=4, n_head=4, n_embd=128, context=128,
-                          activation="gelu_exact", layer_norm_eps=1e-5, type_vocab_size=0),
-        data=DataConfig(source="pydoc", tokenizer="bpe", tokenizer_vocab=4096, seq_len=128, batch_size=32),
+    bert = load_experiment("bert_adam")
+    return dataclasses.replace(
+        bert,
+        model=dataclasses.replace(bert.model, layer_norm_eps=1e-5, type_vocab_size=0),
         objective=ObjectiveConfig(name="mlm"),
         optim=dataclasses.replace(PRESETS["roberta_adam"], warmup_steps=30),
-        train=TrainConfig(steps=600, eval_every=100, eval_batches=8, log_every=10),
     )

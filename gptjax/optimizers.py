@@ -25,9 +25,9 @@ Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight deca
 
 # Position tables get no weight decay, as in minGPT: like the biases the ndim rule spares, they are added
 # to activations, not multiplied with them, so shrinking them does not limit the model's capacity. A
-# leaf counts as one when a key on its path contains one of these (GPT's `wpe`; name other families'
-# tables `*position*`).
-POSITION_KEYS = ("wpe", "position")
+# leaf counts as one when a key on its path contains one of these (GPT's and BERT's `wpe`, T5's relative
+# position bias tables `enc_bias` / `dec_bias`; name other families' tables `*position*`).
+POSITION_KEYS = ("wpe", "position", "enc_bias", "dec_bias")
 
 
 def _key_name(key: Any) -> str:

@@ -451,6 +451,9 @@ def test_default_mask_decays_matrices_but_not_biases_norms_or_position_embedding
     assert decayed_paths(opt.decay_mask(shapes)) == decayed_paths(opt.decay_mask(params))
     assert decayed_paths(opt.decay_mask({"position_embeddings": np.ones((4, 4)), "w": np.ones((4, 4))})) == {
         "['w']"}
+    # T5's relative position bias tables are position tables too.
+    assert decayed_paths(opt.decay_mask({"enc_bias": {"embedding": np.ones((32, 8))},
+                                         "dec_bias": {"embedding": np.ones((32, 8))}})) == set()
 
 
 def test_mask_on_the_gpt_models_own_parameters():
