@@ -9,7 +9,7 @@ NAME ?= default
 ARGS ?=
 JOBS ?= 2
 
-.PHONY: install experiment sample test lint clean sweep report bench bench-loss bench-sweep bench-compile \
+.PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
 	bench-generate
 
 install: $(STAMP)
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m gptjax sweep $(NAME) $(ARGS)
+
+# Parameters, memory, FLOPs and step time of an experiment's model, allocating nothing:
+# make describe NAME=default ARGS='model.n_layer=48 model.n_embd=1600 model.n_head=25 --accelerator v5p'
+describe: $(STAMP)
+	$(PY) -m gptjax describe $(NAME) $(ARGS)
 
 report: $(STAMP)
 	$(PY) -m gptjax report $(NAME) $(ARGS)

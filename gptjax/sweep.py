@@ -8,8 +8,10 @@ subprocess into `runs/<experiment>/<variant>/`, several at once with `jobs`, onl
 i/N; a finished variant (its `status.json` says done) is skipped, an interrupted one resumes from its
 checkpoints (train() does that for any workdir that holds some), a failed one is recorded with its error
 and the others go on. Variants that share `train.seed` share their initial parameters and batch order, so
-their differences are the optimizer's (paired by construction). Trials that differ only in continuous
-optimizer hyperparameters can instead share one vmapped program: `gptjax/vectorised.py`.
+their differences are the optimizer's (paired by construction). With `vmap`, variants that differ only in
+the continuous hyperparameters of one update rule (`VECTORISABLE`) are trained as a group in one process
+and one vmapped program (`gptjax/vectorised.py`), each still into its own workdir with its own metrics
+and checkpoints; the others run as above.
 """
 
 from __future__ import annotations
@@ -27,10 +29,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptjax.config import PRESETS, ConfigError, Experiment, experiment_path, from_dict, to_dict, validate
+from gptjax.config import (
+    PRESETS,
+    ConfigError,
+    Experiment,
+    OptimConfig,
+    experiment_path,
+    from_dict,
+    to_dict,
+    validate,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.=,+-]+")
 STATUS = "status.json"  # in each variant's workdir: {"status": "done" | "failed" | "running", ...}
+
+# Optimizer fields that enter each rule only through arithmetic (no Python branch on their value), so they
+# may be traced values and one compiled program serves every trial. Adafactor reads b1, b2 and the decay
+# in Python (momentum on/off, log b2, decay on/off), hence lr alone. `preset` is only a label.
+VECTORISABLE: dict[str, tuple[str, ...]] = {
+    "adam_l2": ("lr", "b1", "b2", "eps", "weight_decay"),
+    "adamw": ("lr", "b1", "b2", "eps", "weight_decay"),
+    "adafactor": ("lr",),
+}
 
 
 def replace_path(cfg: Experiment, path: str, value: Any) -> Experiment:
@@ -159,6 +179,67 @@ def shard_variants(names: Sequence[str], shard: tuple[int, int]) -> list[str]:
     return [name for k, name in enumerate(sorted(names)) if k % n == i]
 
 
+def varying_fields(cfgs: Sequence[Experiment]) -> tuple[str, ...]:
+    """The optimizer fields on which `cfgs` differ (the preset's name aside); ConfigError unless nothing
+    else differs and each of those fields is vectorisable for the rule."""
+    base = cfgs[0]
+    for cfg in cfgs[1:]:
+        if dataclasses.replace(cfg, optim=base.optim) != base:
+            raise ConfigError("vectorised trials must differ only in optim fields (same model, data, seed, "
+                              "steps)")
+    names = [f.name for f in dataclasses.fields(OptimConfig) if f.name != "preset"]
+    varying = tuple(n for n in names if len({getattr(c.optim, n) for c in cfgs}) > 1)
+    allowed = VECTORISABLE.get(base.optim.rule, ())
+    bad = [n for n in varying if n not in allowed]
+    if bad:
+        raise ConfigError(f"optim.{bad[0]} cannot be vectorised for rule {base.optim.rule}; "
+                          f"vectorisable: {', '.join(allowed) or 'nothing'}")
+    return varying
+
+
+def _group_key(cfg: Experiment) -> str | None:
+    # The config with its vectorisable fields blanked: equal keys, one program. Sharded (fsdp) or
+    # multi-host trials stay alone, since a vmapped group keeps its stacked state replicated.
+    fields = VECTORISABLE.get(cfg.optim.rule)
+    if not fields or cfg.train.fsdp != 1 or cfg.train.distributed:
+        return None
+    blank = dataclasses.replace(cfg.optim, preset="", **{f: 0.0 for f in fields})
+    return json.dumps(to_dict(dataclasses.replace(cfg, optim=blank)), sort_keys=True)
+
+
+def vmap_groups(variants: dict[str, Experiment], resume_steps: dict[str, int] | None = None
+                ) -> list[list[str]]:
+    """`variants` partitioned into the units a vmapped sweep trains together, sorted: variants whose
+    configs are equal but for the `VECTORISABLE` fields of their rule (and the preset's name) share a
+    unit, unless `resume_steps` puts them at different checkpoints (a group steps in lockstep); every
+    other variant is a unit of its own, trained as without vmap. Seeds are not vmapped: a seed changes
+    the initial parameters and the batches, which one shared batch per step cannot serve."""
+    resume_steps = resume_steps or {}
+    groups: dict[tuple[str, int], list[str]] = {}
+    units = []
+    for name in sorted(variants):
+        key = _group_key(variants[name])
+        if key is None:
+            units.append([name])
+        else:
+            groups.setdefault((key, resume_steps.get(name, 0)), []).append(name)
+    return sorted(units + list(groups.values()))
+
+
+def shard_units(units: Sequence[Sequence[str]], shard: tuple[int, int]) -> list[list[str]]:
+    """Shard i of N of `units` (as `shard_variants`, a vmapped group counting as one)."""
+    i, n = shard
+    return [list(unit) for k, unit in enumerate(sorted(units)) if k % n == i]
+
+
+def checkpoint_step(workdir: Path) -> int:
+    """The newest step under `workdir/checkpoints` (orbax names each step's directory by its number), 0
+    when none; read from the directory names, so the sweep's parent process needs no JAX."""
+    directory = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+    return max(steps, default=0)
+
+
 def read_status(workdir: Path) -> dict[str, Any]:
     path = Path(workdir) / STATUS
     try:
@@ -181,34 +262,47 @@ def _last_error(log: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def _start(name: str, cfg: Experiment, workdir: Path, jobs: int) -> subprocess.Popen:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "variant.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+def _start(unit: Sequence[str], variants: dict[str, Experiment], root: Path, jobs: int) -> subprocess.Popen:
+    # One child per unit: a variant alone, or a vmapped group whose output goes to its first log.
+    for name in unit:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "variant.json").write_text(json.dumps(to_dict(variants[name]), indent=2) + "\n")
+    for name in unit[1:]:
+        with (root / name / "log.txt").open("a") as log:
+            log.write(f"trained vmapped with {', '.join(n for n in unit if n != name)}; the group's "
+                      f"output is in ../{unit[0]}/log.txt\n")
     env = dict(os.environ)
     if jobs > 1:
         # Several XLA processes on few cores: one compute thread each avoids oversubscribing them.
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    with (workdir / "log.txt").open("a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gptjax.sweep", str(workdir)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-    _write_status(workdir, status="running", pid=proc.pid, started=time.time())
+    with (root / unit[0] / "log.txt").open("a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gptjax.sweep", *(str(root / n) for n in unit)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    for name in unit:
+        _write_status(root / name, status="running", pid=proc.pid, started=time.time())
     return proc
 
 
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | None = None, jobs: int = 1,
-              shard: tuple[int, int] = (0, 1), log=print) -> dict[str, dict[str, Any]]:
+              shard: tuple[int, int] = (0, 1), vmap: bool = False, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
-    last line (their `log.txt` holds the whole output) while the others continue."""
+    last line (their `log.txt` holds the whole output) while the others continue. With `vmap`, the
+    `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
+    names the variants that no other variant could share a program with."""
     base, variants = load_sweep(experiment, overrides)
     root = Path(root or Path("runs") / base.name)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    mine = shard_variants(list(variants), shard)
+    # Shards are drawn from the whole sweep, not from what is left, so every host splits it alike.
+    if vmap:
+        mine = [name for unit in shard_units(vmap_groups(variants), shard) for name in unit]
+    else:
+        mine = shard_variants(list(variants), shard)
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.json").write_text(json.dumps({"experiment": base.name, "variants": sorted(variants)},
                                                 indent=2) + "\n")
@@ -217,32 +311,47 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | No
             or read_status(root / name).get("steps") != variants[name].train.steps]
     log(f"sweep {base.name}: {len(variants)} variants, {len(mine)} in shard {shard[0]}/{shard[1]}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {jobs} job(s) in {root}")
+    if vmap:
+        # Regrouped among those left, at their checkpoints: a group resumes in lockstep from one step.
+        queue = vmap_groups({n: variants[n] for n in todo}, {n: checkpoint_step(root / n) for n in todo})
+        alone = [unit[0] for unit in queue if len(unit) == 1]
+        log(f"vmap: {len(todo) - len(alone)} variants in {len(queue) - len(alone)} vmapped group(s)"
+            + (f"; on their own, as without --vmap (no other variant differs from them only in "
+               f"vectorisable optimizer fields): {', '.join(alone)}" if alone else ""))
+    else:
+        queue = [[name] for name in todo]
     results = {name: read_status(root / name) for name in mine if name not in todo}
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
-    queue = list(todo)
+    running: dict[tuple[str, ...], tuple[subprocess.Popen, float]] = {}
     finished = 0
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                name = queue.pop(0)
-                running[name] = (_start(name, variants[name], root / name, jobs), time.time())
+                unit = tuple(queue.pop(0))
+                running[unit] = (_start(unit, variants, root, jobs), time.time())
             time.sleep(0.2)
-            for name, (proc, t0) in list(running.items()):
+            for unit, (proc, t0) in list(running.items()):
                 if proc.poll() is None:
                     continue
-                del running[name]
-                finished += 1
+                del running[unit]
                 seconds = time.time() - t0
-                if proc.returncode == 0:
-                    status = {"status": "done", "steps": variants[name].train.steps, "seconds": seconds}
-                    log(f"[{finished}/{len(todo)}] {name}: done in {seconds:.0f} s")
-                else:
-                    error = _last_error(root / name / "log.txt")
-                    status = {"status": "failed", "returncode": proc.returncode, "error": error,
-                              "seconds": seconds}
-                    log(f"[{finished}/{len(todo)}] {name}: FAILED (exit {proc.returncode}): {error}")
-                _write_status(root / name, **status)
-                results[name] = status
+                error = _last_error(root / unit[0] / "log.txt") if proc.returncode else ""
+                how = f" (vmapped, {len(unit)} trials)" if len(unit) > 1 else ""
+                for name in unit:
+                    finished += 1
+                    previous = read_status(root / name)
+                    if proc.returncode == 0 and previous.get("status") == "failed":
+                        status = previous  # a vmapped trial that diverged while the others trained on
+                    elif proc.returncode == 0:
+                        status = {"status": "done", "steps": variants[name].train.steps, "seconds": seconds}
+                        log(f"[{finished}/{len(todo)}] {name}: done in {seconds:.0f} s{how}")
+                    else:
+                        status = {"status": "failed", "returncode": proc.returncode, "error": error,
+                                  "seconds": seconds}
+                    if status["status"] == "failed":
+                        log(f"[{finished}/{len(todo)}] {name}: FAILED (exit {status['returncode']}){how}: "
+                            f"{status['error']}")
+                    _write_status(root / name, **status)
+                    results[name] = status
     finally:
         for proc, _ in running.values():  # Ctrl-C: the children got it too; let them checkpoint
             proc.wait()
@@ -270,5 +379,31 @@ def _run_variant(workdir: Path) -> int:
     return 0
 
 
+def _run_group(workdirs: Sequence[Path]) -> int:
+    """Child process: train the variants left in `workdirs` by `run_sweep` as one vmapped group; a trial
+    that diverges is recorded failed in its own `status.json` while the others train on."""
+    from gptjax.guards import EXIT_DIVERGED, Diverged, Preempted
+    from gptjax.vectorised import train_group
+
+    trials = {w: validate(from_dict(json.loads((w / "variant.json").read_text()))) for w in workdirs}
+    try:
+        results = train_group(trials)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (Preempted, Diverged) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return e.exit_code
+    for workdir, result in results.items():
+        if "diverged" in result:
+            _write_status(workdir, status="failed", returncode=EXIT_DIVERGED,
+                          error=f"Diverged: {result['diverged']}")
+        else:
+            print(f"{workdir.name}: final validation loss {result['val']['loss']:.4f} at step "
+                  f"{result['step']}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(_run_variant(Path(sys.argv[1])))
+    paths = [Path(a) for a in sys.argv[1:]]
+    sys.exit(_run_variant(paths[0]) if len(paths) == 1 else _run_group(paths))

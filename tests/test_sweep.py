@@ -15,6 +15,7 @@ from gptjax.sweep import (
     parse_shard,
     quasi_random,
     read_status,
+    replace_path,
     run_sweep,
     shard_variants,
     with_seeds,
@@ -148,3 +149,153 @@ def test_vectorised_trials_equal_separate_runs():
     with pytest.raises(ConfigError, match="cannot be vectorised"):
         other_rule = dataclasses.replace(base, optim=dataclasses.replace(base.optim, rule="adam_l2"))
         train_vectorised([base, other_rule])
+
+
+# Two adam_l2 trials that differ in lr, eps and weight decay (zero in one): one vmapped group. The
+# broken variant differs in its data, so it has no partner and runs (and fails) as without --vmap.
+VMAP_FILE = TINY_FILE.replace("steps=40", "steps=4").replace("eval_every=1000", "eval_every=2") + '''
+import dataclasses
+from gptjax.sweep import replace_path
+def get_sweep(base):
+    return {"preset=bert_adam": replace_path(base, "optim.preset", "bert_adam"),
+            "preset=gpt2_adam,weight_decay=0": replace_path(replace_path(base, "optim.preset", "gpt2_adam"),
+                                                            "optim.weight_decay", 0.0),
+            "broken": dataclasses.replace(base, data=dataclasses.replace(base.data, source="text:/no/such"))}
+'''
+GROUP = ["preset=bert_adam", "preset=gpt2_adam,weight_decay=0"]
+
+
+@pytest.fixture(scope="module")
+def vmap_sweep(tmp_path_factory):
+    """The sweep above run once with --vmap: (experiment file, sweep directory, the sweep's log lines)."""
+    path = tmp_path_factory.mktemp("vmap") / "v.py"
+    path.write_text(VMAP_FILE)
+    lines = []
+    run_sweep(str(path), root=path.parent / "runs", jobs=2, vmap=True, log=lines.append)
+    return path, path.parent / "runs", lines
+
+
+def _records(workdir, split):
+    return [r for r in map(json.loads, (workdir / "metrics.jsonl").open()) if r["split"] == split]
+
+
+def _final_state(workdir):
+    # A separate run's abstract state: a vmapped trial's checkpoint must restore into it as it is.
+    from gptjax.checkpoint import Checkpointer
+    from gptjax.config import from_dict
+    from gptjax.data import build_tokenizer
+    from gptjax.train import Run
+
+    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+    state, meta = checkpointer.restore_latest(Run(cfg, build_tokenizer(cfg.data).vocab_size).abstract_state)
+    checkpointer.close()
+    return jax.device_get(state), meta
+
+
+def test_vmap_sweep_equals_separate_runs_falls_back_skips_and_reports(vmap_sweep, tmp_path):
+    from gptjax.report import load_runs
+    from gptjax.train import train
+
+    path, root, lines = vmap_sweep
+    assert lines[1] == ("vmap: 2 variants in 1 vmapped group(s); on their own, as without --vmap (no other "
+                        "variant differs from them only in vectorisable optimizer fields): broken")
+    assert {read_status(root / name)["status"] for name in GROUP} == {"done"}
+    assert "2 vmapped trials (varying lr, eps, weight_decay)" in (root / GROUP[0] / "log.txt").read_text()
+    broken = read_status(root / "broken")  # the normal path's child: its error, its exit code
+    assert broken["status"] == "failed" and broken["returncode"] == 2 and "/no/such" in broken["error"]
+
+    _, variants = load_sweep(str(path))
+    for name in GROUP:
+        separate = tmp_path / name
+        train(variants[name], separate, log=lambda *_: None)
+        for split in ("train", "val"):
+            mine, theirs = _records(root / name, split), _records(separate, split)
+            steps = [1, 2, 3, 4] if split == "train" else [2, 4]
+            assert [r["step"] for r in mine] == [r["step"] for r in theirs] == steps
+            assert [set(r) for r in mine] == [set(r) for r in theirs]  # what report and plots read
+            np.testing.assert_allclose([r["loss"] for r in mine], [r["loss"] for r in theirs], rtol=1e-6)
+        # The whole final state, optimizer moments included, in a separate run's checkpoint layout.
+        (state, meta), (reference, _) = _final_state(root / name), _final_state(separate)
+        assert meta["step"] == 4
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state, reference)
+    # Each trial had its own optimizer: the lr 2e-5 trial moved far less than the 2.5e-4 one.
+    runs = {run.name: run for run in load_runs(root)}
+    assert set(runs) == {*GROUP, "broken"} and all(runs[name].finished for name in GROUP)
+    assert runs["preset=bert_adam"].final_loss > runs[GROUP[1]].final_loss + 5e-3
+
+    # Again, on the shard that holds the group (a group is one unit of i/N): done, so nothing starts.
+    group_log = (root / GROUP[0] / "log.txt").read_text()
+    more = []
+    run_sweep(str(path), root=root, vmap=True, shard=(1, 2), log=more.append)
+    assert "2 in shard 1/2, 2 already done, 0 to run" in more[0]
+    assert (root / GROUP[0] / "log.txt").read_text() == group_log
+
+
+def test_vmap_group_resumes_after_an_interruption_as_if_never_stopped(vmap_sweep, tmp_path):
+    import os
+    import signal
+
+    from gptjax.guards import Preempted
+    from gptjax.sweep import checkpoint_step
+    from gptjax.vectorised import train_group
+
+    path, root, _ = vmap_sweep
+    _, variants = load_sweep(str(path))
+    trials = {tmp_path / name: variants[name] for name in GROUP}
+    sent = []
+
+    def interrupt_at_first_eval(line):  # step 2's evaluation: the loop stops after step 3
+        if line.startswith("step") and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+
+    with pytest.raises(Preempted, match="stopped by SIGINT at step 3"):
+        train_group(trials, log=interrupt_at_first_eval)
+    assert [checkpoint_step(w) for w in trials] == [3, 3]
+    resumed = train_group(trials, log=lambda *_: None)
+    for workdir, result in resumed.items():
+        uninterrupted = root / workdir.name
+        assert result["step"] == 4
+        assert result["val"]["loss"] == pytest.approx(_records(uninterrupted, "val")[-1]["loss"], rel=1e-6)
+        assert [r["step"] for r in _records(workdir, "train")] == [1, 2, 3, 4]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), _final_state(workdir)[0],
+                     _final_state(uninterrupted)[0])
+
+
+def test_a_diverging_vmapped_trial_is_dropped_and_the_others_train_on(tmp_path):
+    from gptjax.vectorised import train_group
+
+    base = tiny_experiment(steps=4, eval_every=2, checkpoint_every=2, max_nonfinite_steps=2)
+    cfgs = [dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=lr)) for lr in (1e-3, 1e30)]
+    out = train_group({tmp_path / str(i): c for i, c in enumerate(cfgs)}, log=lambda *_: None)
+    # Step 1's update is finite (if huge), the next two are not: dropped after step 3.
+    assert out[tmp_path / "1"] == {"diverged": "training diverged: 2 non-finite steps in a row, the last at "
+                                               "step 3; the last checkpoint holds finite parameters"}
+    assert [r["split"] for r in map(json.loads, (tmp_path / "1" / "metrics.jsonl").open())] == \
+        ["setup", "skipped", "val", "skipped"]
+    assert out[tmp_path / "0"]["step"] == 4 and np.isfinite(out[tmp_path / "0"]["val"]["loss"])
+    assert [r["step"] for r in _records(tmp_path / "0", "val")] == [2, 4]
+
+
+def test_vmap_groups_differ_only_in_vectorisable_fields_and_shard_whole():
+    from gptjax.sweep import shard_units, vmap_groups
+
+    base = tiny_experiment()
+    axes = {"optim.lr": [1e-3, 2e-3, 4e-3], "optim.weight_decay": [0.0, 0.1]}
+    variants = with_seeds(grid(base, axes), [0, 1])
+    variants.update(grid(base, {"optim.preset": ["t5_adafactor", "gpt2_adam", "bert_adam"]}))
+    variants["adafactor_b2"] = replace_path(variants["preset=t5_adafactor"], "optim.b2", 0.9)
+    variants["adafactor_lr"] = replace_path(variants["preset=t5_adafactor"], "optim.lr", 0.1)
+    variants["fsdp"] = replace_path(base, "train.fsdp", 2)
+    units = vmap_groups(variants)
+    assert {len(u) for u in units if "lr=0.001,weight_decay=0,seed=0" in u} == {6}  # one per seed
+    assert ["preset=bert_adam", "preset=gpt2_adam"] in units  # one rule, presets are only labels
+    assert ["adafactor_lr", "preset=t5_adafactor"] in units  # Adafactor vectorises lr alone
+    assert ["adafactor_b2"] in units and ["fsdp"] in units
+    # Variants at different checkpoints never share a group: it steps in lockstep.
+    pair = {k: variants[k] for k in ("adafactor_lr", "preset=t5_adafactor")}
+    split = vmap_groups(pair, {"adafactor_lr": 3})
+    assert split == [["adafactor_lr"], ["preset=t5_adafactor"]]
+    for n in (1, 2, 3, 9):
+        parts = [shard_units(units, (i, n)) for i in range(n)]
+        assert sorted(sum(parts, [])) == sorted(units)
