@@ -10,7 +10,7 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate
+	bench-generate bench-torch
 
 install: $(STAMP)
 
@@ -52,8 +52,12 @@ bench-compile: $(STAMP)
 bench-generate: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
+# gptjax against Hugging Face's PyTorch GPT-2 on the same model and batch (needs the reference extra).
+bench-torch: $(STAMP)
+	$(PY) benchmarks/bench_torch.py
+
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate
+bench: bench-loss bench-sweep bench-compile bench-generate bench-torch
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

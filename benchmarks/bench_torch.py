@@ -1,0 +1,200 @@
+"""Train tokens/s of gptjax against Hugging Face's PyTorch `GPT2LMHeadModel`: same model, batch and machine.
+
+`python benchmarks/bench_torch.py` writes benchmarks/results/torch.json. Two shapes from issue 10, 4 layers/
+4 heads/d 128 at T 64, B 12 and 6/6/384 at T 256, B 8, both with gptjax's byte vocabulary (258 ids: 256
+bytes, end of text, padding), tied embeddings, no dropout, the GPT-2 layout on both sides (pre-LayerNorm,
+tanh GELU, LayerNorm ε 1e-5, learned positions), float32, plain causal attention, and AdamW with the
+gpt3_adamw preset's hyperparameters (lr 2.5e-4, β 0.9/0.95, ε 1e-8, decoupled decay 0.01 on the ndim ≥ 2
+weights except the position table). Each side runs a full train step: forward, backward, optimizer update.
+
+gptjax runs its real train step (`gptjax.train.Run`, one CPU device, the metrics it logs included);
+PyTorch runs eager with `torch.set_num_threads` set to the cores JAX uses, on the same random batches.
+After a warm-up, blocks of steps alternate (gptjax, PyTorch, gptjax, …) so that load from other processes
+hits both alike; the figures are medians over blocks, with the spread (min, max) beside them. MFU is model
+FLOPs per token (gptjax/flops.py, 6N + attention) times tokens/s over a float32 matmul's measured peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# PyTorch's OpenMP threads spin while they wait for each other by default; on a machine shared with other
+# jobs a preempted thread then stalls its siblings, and a step took 2.5 s instead of 74 ms
+# (benchmarks/README.md).
+# Passive waiting is what a shared machine needs; OMP_WAIT_POLICY=ACTIVE measures the default on an idle one.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax
+import numpy as np
+import torch
+
+from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
+from gptjax.data.packing import Batch
+from gptjax.flops import flops_per_token, measured_cpu_peak
+from gptjax.sharding import put_batch
+from gptjax.train import Run
+
+VOCAB = 258  # gptjax's byte tokenizer: 256 bytes, end of text, padding
+OPTIM = PRESETS["gpt3_adamw"]
+# (name, layers, heads, width, sequence length, batch) from issue 10.
+SHAPES = [("small", 4, 4, 128, 64, 12), ("medium", 6, 6, 384, 256, 8)]
+
+
+def experiment(n_layer: int, n_head: int, n_embd: int, seq_len: int, batch: int) -> Experiment:
+    # document_mask off: plain causal attention over the whole row, as GPT2LMHeadModel computes it.
+    return Experiment(
+        model=ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=seq_len, vocab_size=VOCAB,
+                          dropout=0.0),
+        data=DataConfig(seq_len=seq_len, batch_size=batch, document_mask=False),
+        optim=OPTIM, train=TrainConfig(data_parallel=1, compilation_cache_dir="", progress=False))
+
+
+def random_batches(count: int, batch: int, seq_len: int, seed: int = 0) -> list[Batch]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        tokens = rng.integers(0, 256, (batch, seq_len + 1), dtype=np.int32)
+        ones = np.ones((batch, seq_len), np.int32)
+        batches.append(Batch(tokens[:, :-1], tokens[:, 1:], ones.astype(np.float32), ones))
+    return batches
+
+
+class JaxSide:
+    def __init__(self, cfg: Experiment, batches: list[Batch]):
+        self.run = Run(cfg, VOCAB)
+        self.state = self.run.init()
+        self.batches = [put_batch(b, self.run.mesh) for b in batches]
+        self.step_fn = self.run.step.lower(self.state, self.batches[0]).compile()
+        self.loss = None
+
+    def steps(self, n: int) -> tuple[float, float]:
+        t, cpu = time.perf_counter(), time.process_time()
+        for i in range(n):
+            self.state, metrics = self.step_fn(self.state, self.batches[i % len(self.batches)])
+        jax.block_until_ready(self.state)
+        self.loss = float(metrics["loss_sum"] / metrics["weight"])
+        return time.perf_counter() - t, time.process_time() - cpu
+
+
+class TorchSide:
+    def __init__(self, cfg: Experiment, batches: list[Batch]):
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        m = cfg.model
+        # gelu_new is GPT-2's tanh approximation; bos/eos only silence a check against the small vocabulary.
+        config = GPT2Config(vocab_size=VOCAB, n_positions=m.context, n_embd=m.n_embd, n_layer=m.n_layer,
+                            n_head=m.n_head, activation_function="gelu_new",
+                            layer_norm_epsilon=m.layer_norm_eps, resid_pdrop=0.0, embd_pdrop=0.0,
+                            attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=256, eos_token_id=256)
+        torch.manual_seed(0)
+        self.model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").train()
+        # The same decay mask as gptjax's ndim>=2 rule: matrices decay, vectors and the position table not.
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "wpe" not in n]
+        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "wpe" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM.weight_decay},
+                                      {"params": rest, "weight_decay": 0.0}],
+                                     lr=OPTIM.lr, betas=(OPTIM.b1, OPTIM.b2), eps=OPTIM.eps)
+        self.batches = [(torch.from_numpy(b.inputs).long(), torch.from_numpy(b.targets).long())
+                        for b in batches]
+        self.loss = None
+
+    def steps(self, n: int) -> tuple[float, float]:
+        t, cpu = time.perf_counter(), time.process_time()
+        for i in range(n):
+            inputs, targets = self.batches[i % len(self.batches)]
+            logits = self.model(input_ids=inputs).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        self.loss = float(loss.detach())
+        return time.perf_counter() - t, time.process_time() - cpu
+
+
+def summary(times: list[tuple[float, float]], steps: int, tokens_per_step: int, flops: float,
+            peak: float) -> dict:
+    seconds = [wall for wall, _ in times]
+    ms = [1e3 * s / steps for s in seconds]
+    tok = [tokens_per_step * steps / s for s in seconds]
+    median = statistics.median(tok)
+    return {"tokens_per_s": median, "ms_per_step": statistics.median(ms),
+            "tokens_per_s_min": min(tok), "tokens_per_s_max": max(tok), "mfu": median * flops / peak,
+            # CPU time of the whole process (every thread) per step: the work done, which outside load
+            # inflates less than wall-clock time.
+            "cpu_ms_per_step": statistics.median(1e3 * cpu / steps for _, cpu in times),
+            "blocks_ms_per_step": ms}
+
+
+def bench_shape(name, n_layer, n_head, n_embd, seq_len, batch, *, blocks: int, seconds: float,
+                peak: float) -> dict:
+    cfg = experiment(n_layer, n_head, n_embd, seq_len, batch)
+    batches = random_batches(4, batch, seq_len)
+    sides = {"gptjax": JaxSide(cfg, batches), "torch": TorchSide(cfg, batches)}
+    torch_params = sum(p.numel() for p in sides["torch"].model.parameters())  # tied: the head is wte
+    if torch_params != sides["gptjax"].run.n_params:
+        raise AssertionError(f"not the same model: {torch_params:,} PyTorch parameters, "
+                             f"{sides['gptjax'].run.n_params:,} in gptjax")
+    # Warm-up, and a block length of about `seconds` per side from the warm-up's pace.
+    per_step = {k: side.steps(3)[0] / 3 for k, side in sides.items()}
+    steps = max(2, round(seconds / max(per_step.values())))
+    times = {k: [] for k in sides}
+    for _ in range(blocks):
+        for k, side in sides.items():
+            times[k].append(side.steps(steps))
+    tokens = batch * seq_len
+    flops = flops_per_token(sides["gptjax"].run.cfg.model, seq_len)
+    result = {"shape": f"{n_layer} layers, {n_head} heads, d {n_embd}, T {seq_len}, B {batch}",
+              "params": sides["gptjax"].run.n_params, "tokens_per_step": tokens, "flops_per_token": flops,
+              "steps_per_block": steps, "blocks": blocks}
+    for k, side in sides.items():
+        result[k] = {**summary(times[k], steps, tokens, flops, peak), "final_loss": side.loss}
+    # The ratio within each pair of neighbouring blocks, so that a burst of outside load cancels out.
+    pairs = [t[0] / j[0] for j, t in zip(times["gptjax"], times["torch"], strict=True)]
+    result["ratio"] = result["gptjax"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+    result["ratio_per_block"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+    print(f"{name:>6} ({result['shape']}): gptjax {result['gptjax']['tokens_per_s']:,.0f} tokens/s "
+          f"({result['gptjax']['ms_per_step']:.1f} ms/step, MFU {result['gptjax']['mfu']:.1%}), PyTorch "
+          f"{result['torch']['tokens_per_s']:,.0f} tokens/s ({result['torch']['ms_per_step']:.1f} ms/step, "
+          f"MFU {result['torch']['mfu']:.1%}): {result['ratio']:.2f}x; CPU ms/step "
+          f"{result['gptjax']['cpu_ms_per_step']:.1f} vs {result['torch']['cpu_ms_per_step']:.1f} "
+          f"(per block {min(pairs):.2f}–{max(pairs):.2f})")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, default=7, help="timed blocks per side and shape")
+    parser.add_argument("--seconds", type=float, default=3.0, help="about this long per block")
+    parser.add_argument("--only", choices=[s[0] for s in SHAPES], help="one shape only (not written)")
+    args = parser.parse_args()
+    threads = len(os.sched_getaffinity(0))  # XLA's CPU thread pool takes every core it may run on
+    torch.set_num_threads(threads)
+    peak = measured_cpu_peak()
+    results = {"command": "make bench-torch", "threads": threads, "cpu_peak_flops": peak,
+               "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
+    for shape in SHAPES:
+        if args.only in (None, shape[0]):
+            results[shape[0]] = bench_shape(*shape, blocks=args.blocks, seconds=args.seconds, peak=peak)
+    results["versions"] = {"jax": jax.__version__, "torch": torch.__version__,
+                           "transformers": __import__("transformers").__version__}
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                          "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
+                          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                          "load_average": os.getloadavg()}
+    if args.only:
+        return
+    out = Path(__file__).parent / "results" / "torch.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
