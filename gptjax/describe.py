@@ -195,7 +195,10 @@ def format_description(d: Description) -> str:
                         f"no: needs at least {shards} devices' memory (train.fsdp) before activations"))
     fpt, tokens = d.flops_per_token, d.tokens_per_step
     step, steps = d.step_seconds, d.cfg.train.steps
-    lines += ["", "compute (gptjax.flops: 6·N + 12·n_layer·seq_len·d per token)",
+    formula = {"gpt": "6·N + 12·n_layer·seq_len·d per token",
+               "bert": "6·N + 12·n_layer·seq_len·d per token, MLM head on the masked share",
+               "t5": "6·N + attention per encoder token, decoder on its span targets"}[d.cfg.model.family]
+    lines += ["", f"compute (gptjax.flops: {formula})",
               f"  FLOPs per token (seq_len {d.cfg.data.seq_len}){'':<9}{fpt:>16.4g}",
               f"  tokens per step{'':<17}{tokens:>16,}  (data.batch_size {d.cfg.data.batch_size} × "
               f"seq_len {d.cfg.data.seq_len})",
