@@ -34,8 +34,9 @@ from gptjax.config import ConfigError, Experiment, OptimConfig, to_dict
 from gptjax.data import build_data, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
-from gptjax.metrics import MetricsWriter, summarize
+from gptjax.metrics import MetricsWriter
 from gptjax.models import abstract_params, build_model, split_params
+from gptjax.objectives import build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
 from gptjax.sweep import varying_fields
 from gptjax.train import Run, TrainState, resolve, train_step
@@ -166,7 +167,11 @@ def train_group(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict
     workdirs = [Path(w) for w in trials]
     cfgs = list(trials.values())
     fields = varying_fields(cfgs)
-    data = build_data(cfgs[0].data, cfgs[0].train.seed)
+    if cfgs[0].train.init_from:
+        raise ConfigError("vmapped trials start from one initialisation; train.init_from runs train alone")
+    # A trained tokenizer (bpe) is the same for every trial: any trial's saved copy serves the group.
+    saved = [w / "tokenizer.json" for w in workdirs if (w / "tokenizer.json").exists()]
+    data = build_objective_data(cfgs[0], saved[0] if saved else None)
     sharding.initialize_distributed(cfgs[0].train)
     if cfgs[0].train.compilation_cache_dir:  # as train() does
         cache = Path(cfgs[0].train.compilation_cache_dir).absolute()
@@ -175,9 +180,10 @@ def train_group(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict
     if cfgs[0].train.fsdp != 1 or jax.process_count() > 1:
         raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp must be 1, and "
                           "one host")
-    run = Run(cfgs[0], data.tokenizer.vocab_size)
+    n_classes = getattr(data, "n_classes", 0)
+    run = Run(cfgs[0], data.tokenizer.vocab_size, n_classes)
     cfg = run.cfg
-    cfgs = [resolve(c, data.tokenizer.vocab_size) for c in cfgs]
+    cfgs = [resolve(c, data.tokenizer.vocab_size, n_classes) for c in cfgs]
     replicated = NamedSharding(run.mesh, P())
     tx = injected_optimizer(cfg.optim, fields, cfg.train.steps)
     layouts = [_Layout(c, tx, fields, run.abstract_state.params, replicated) for c in cfgs]
@@ -192,6 +198,8 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
     cfg, n = run.cfg, len(workdirs)
     for workdir, layout in zip(workdirs, layouts, strict=True):
         (workdir / "config.json").write_text(json.dumps(to_dict(layout.cfg), indent=2) + "\n")
+        if hasattr(data.tokenizer, "save") and not (workdir / "tokenizer.json").exists():
+            data.tokenizer.save(workdir / "tokenizer.json")
     checkpointers = [Checkpointer(w / "checkpoints", cfg.train.keep_checkpoints) for w in workdirs]
     restored = [c.restore_latest(layout.abstract, warn=log) for c, layout in zip(checkpointers, layouts,
                                                                                    strict=True)]
@@ -226,7 +234,7 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
     log(f"vmapped train step compiled in {compile_s:.1f} s")
     writers = [MetricsWriter(w) for w in workdirs]
     schedules = [build_schedule(lay.cfg.optim, cfg.train.steps) for lay in layouts]
-    model_flops = flops_per_token(cfg.model, cfg.data.seq_len)
+    model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
     peak = peak_flops(run.mesh.devices.flat[0])
     peak = peak * run.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)
@@ -268,7 +276,7 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
             windows[i]["steps"] = windows[i].get("steps", 0) + 1
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.perf_counter()
-                record = summarize(windows[i])
+                record = run.objective.summarize(windows[i])
                 k = windows[i]["steps"]
                 norms = ("grad_norm", "update_norm", "param_norm")
                 record.update(lr=float(schedules[i](step - 1)), **{key: windows[i][key] / k for key in norms},

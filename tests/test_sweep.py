@@ -287,11 +287,15 @@ def test_vmap_groups_differ_only_in_vectorisable_fields_and_shard_whole():
     variants["adafactor_b2"] = replace_path(variants["preset=t5_adafactor"], "optim.b2", 0.9)
     variants["adafactor_lr"] = replace_path(variants["preset=t5_adafactor"], "optim.lr", 0.1)
     variants["fsdp"] = replace_path(base, "train.fsdp", 2)
+    for lr in (1e-3, 2e-3):  # runs started from another's parameters keep their own init: never grouped
+        variants[f"init_from_{lr}"] = replace_path(replace_path(base, "train.init_from", "runs/x"),
+                                                   "optim.lr", lr)
     units = vmap_groups(variants)
     assert {len(u) for u in units if "lr=0.001,weight_decay=0,seed=0" in u} == {6}  # one per seed
     assert ["preset=bert_adam", "preset=gpt2_adam"] in units  # one rule, presets are only labels
     assert ["adafactor_lr", "preset=t5_adafactor"] in units  # Adafactor vectorises lr alone
     assert ["adafactor_b2"] in units and ["fsdp"] in units
+    assert ["init_from_0.001"] in units and ["init_from_0.002"] in units
     # Variants at different checkpoints never share a group: it steps in lockstep.
     pair = {k: variants[k] for k in ("adafactor_lr", "preset=t5_adafactor")}
     split = vmap_groups(pair, {"adafactor_lr": 3})
@@ -299,3 +303,23 @@ def test_vmap_groups_differ_only_in_vectorisable_fields_and_shard_whole():
     for n in (1, 2, 3, 9):
         parts = [shard_units(units, (i, n)) for i in range(n)]
         assert sorted(sum(parts, [])) == sorted(units)
+
+
+def test_a_vmapped_group_trains_any_objective_like_separate_runs(tmp_path):
+    """The group path serves every objective: BERT's masked LM with its trained tokenizer, here."""
+    from gptjax.metrics import read_metrics
+    from gptjax.train import train
+    from gptjax.vectorised import train_group
+    from tests.test_train_objectives import tiny
+
+    base = tiny("mlm", steps=2, eval_every=2, log_every=1, checkpoint_every=2)
+    trials = {tmp_path / f"lr={lr}": replace_path(base, "optim.lr", lr) for lr in (1e-3, 3e-3)}
+    train_group(trials, log=lambda *_: None)
+    train(trials[tmp_path / "lr=0.003"], tmp_path / "alone", log=lambda *_: None)
+    for workdir in [*trials, tmp_path / "alone"]:
+        assert (workdir / "tokenizer.json").exists()
+    vmapped = [r for r in read_metrics(tmp_path / "lr=0.003") if r["split"] != "setup"]
+    alone = [r for r in read_metrics(tmp_path / "alone") if r["split"] != "setup"]
+    assert [r["split"] for r in vmapped] == [r["split"] for r in alone]
+    for a, b in zip(vmapped, alone, strict=True):
+        np.testing.assert_allclose(a["mlm"], b["mlm"], rtol=1e-5)
