@@ -24,7 +24,7 @@ from flax import nnx
 
 from gptjax import sharding
 from gptjax.checkpoint import Checkpointer
-from gptjax.config import ConfigError, Experiment, from_dict, to_dict
+from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import generate
@@ -378,8 +378,10 @@ def check_init_from(cfg: Experiment) -> tuple[Any, int] | None:
         return None
     source = Path(cfg.train.init_from)
     if not (source / "config.json").exists():
+        hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
+                and source.name in known_experiments() else "")
         raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
-                          "train that run first")
+                          f"train that run first{hint}")
     steps = [int(p.name) for p in (source / "checkpoints").glob("*") if p.name.isdigit()]
     if not steps:
         raise ConfigError(f"train.init_from {source} has no checkpoint yet")
