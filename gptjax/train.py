@@ -290,7 +290,6 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     t0 = time.perf_counter()
     window_start, window = t0, {}
     skipped = {"total": 0, "in_a_row": 0}
-    pending = None  # metrics of the previous step, fetched once the next step is queued
     val = None
 
     def flush(step: int, metrics) -> None:
@@ -325,34 +324,19 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
                             mfu=f"{record['mfu']:.1%}" if peak else "?")
             window, window_start = {}, now
 
-    def save(step: int) -> None:
+    def save(step: int, state: TrainState) -> None:
         checkpointer.save(step, state, {"step": step, "data_position": step, "seed": cfg.train.seed})
 
+    def evaluate(step: int, state: TrainState) -> None:
+        nonlocal val
+        val = run.evaluate(state.params, val_batches)
+        writer.write(step, "val", {**val, "elapsed_s": time.perf_counter() - t0})
+        bar.write(f"step {step:>6}  val loss {val['loss']:.4f}  perplexity "
+                  f"{val['perplexity']:.2f}  accuracy {val['accuracy']:.3f}")
+
     try:
-        for step in range(start + 1, cfg.train.steps + 1):
-            batch = sharding.put_batch(data.train_batch(step - 1), run.mesh)
-            state, metrics = step_fn(state, batch)
-            if pending is not None:
-                flush(*pending)
-            pending = (step, metrics)
-            bar.update(1)
-            if stop.received:
-                flush(*pending)
-                pending = None
-                save(step)
-                raise Preempted(f"stopped by {stop.name} at step {step}; checkpoint and metrics written, "
-                                f"run the same command again to resume")
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                flush(*pending)
-                pending = None
-                val = run.evaluate(state.params, val_batches)
-                writer.write(step, "val", {**val, "elapsed_s": time.perf_counter() - t0})
-                bar.write(f"step {step:>6}  val loss {val['loss']:.4f}  perplexity "
-                          f"{val['perplexity']:.2f}  accuracy {val['accuracy']:.3f}")
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                save(step)
-        if pending is not None:
-            flush(*pending)
+        state = step_loop(run, data, state, step_fn, start, flush=flush, save=save, evaluate=evaluate,
+                          stop=stop, tick=lambda: bar.update(1), written="checkpoint and metrics")
     finally:
         bar.close()
         checkpointer.close()  # waits for the asynchronous writes
@@ -365,6 +349,40 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
         text = sample_text(run, state.params, data.tokenizer, cfg.train.seed)
         (workdir / "sample.txt").write_text(text + "\n")
     return {"val": val, "sample": text, "step": int(state.step), "val_unigram_entropy": unigram}
+
+
+def step_loop(run: Run, data, state, step_fn, start: int, *, flush, save, evaluate, stop: StopSignals,
+              tick=lambda: None, written: str) -> Any:
+    """Steps `start + 1 … train.steps` of `step_fn` on the data's batches; returns the final state.
+
+    A step's metrics are fetched (`flush(step, metrics)`) once the next step is queued, so the host never
+    waits on the device; `evaluate(step, state)` and `save(step, state)` run every `train.eval_every` /
+    `train.checkpoint_every` steps and at the end. SIGTERM/SIGINT: the step finishes, its metrics are
+    flushed, the state saved, then `Preempted` (`written` says what was). Shared by a run and a vmapped
+    group of trials (`gptjax/vectorised.py`), whose state is the stacked one.
+    """
+    t = run.cfg.train
+    pending = None
+    for step in range(start + 1, t.steps + 1):
+        state, metrics = step_fn(state, sharding.put_batch(data.train_batch(step - 1), run.mesh))
+        if pending is not None:
+            flush(*pending)
+        pending = (step, metrics)
+        tick()
+        if stop.received:
+            flush(*pending)
+            save(step, state)
+            raise Preempted(f"stopped by {stop.name} at step {step}; {written} written, run the same "
+                            f"command again to resume")
+        if step % t.eval_every == 0 or step == t.steps:
+            flush(*pending)
+            pending = None
+            evaluate(step, state)
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            save(step, state)
+    if pending is not None:
+        flush(*pending)
+    return state
 
 
 def tokenizer_path(cfg: Experiment, workdir: Path) -> Path:

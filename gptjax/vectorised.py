@@ -33,13 +33,13 @@ from gptjax.checkpoint import Checkpointer
 from gptjax.config import ConfigError, Experiment, OptimConfig, to_dict
 from gptjax.data import build_data, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
-from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
+from gptjax.guards import Diverged, StopSignals, WorkdirLock
 from gptjax.metrics import MetricsWriter
 from gptjax.models import abstract_params, build_model, split_params
 from gptjax.objectives import build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
 from gptjax.sweep import varying_fields
-from gptjax.train import Run, TrainState, resolve, train_step
+from gptjax.train import Run, TrainState, resolve, step_loop, train_step
 
 
 def _factory(cfg: OptimConfig, total_steps: int):
@@ -288,39 +288,23 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
         if not alive:
             raise Diverged(f"all {n} vmapped trials diverged, the last at step {step}")
 
-    def save(step: int) -> None:
+    def save(step: int, state) -> None:
         trials = unstack(state)
         for i in alive:
             checkpointers[i].save(step, layouts[i].to_separate(trials[i]),
                                   {"step": step, "data_position": step, "seed": cfg.train.seed})
 
-    pending = None
+    def evaluate(step: int, state) -> None:
+        trials = unstack(state)
+        for i in alive:
+            vals[i] = run.evaluate(trials[i].params, val_batches)
+            writers[i].write(step, "val", {**vals[i], "elapsed_s": time.perf_counter() - t0})
+        log(f"step {step:>6}  val loss " + "  ".join(f"{workdirs[i].name} {vals[i]['loss']:.4f}"
+                                                     for i in alive))
+
     try:
-        for step in range(start + 1, cfg.train.steps + 1):
-            batch = sharding.put_batch(data.train_batch(step - 1), run.mesh)
-            state, metrics = step_fn(state, batch)
-            if pending is not None:
-                flush(*pending)
-            pending = (step, metrics)
-            if stop.received:
-                flush(*pending)
-                pending = None
-                save(step)
-                raise Preempted(f"stopped by {stop.name} at step {step}; checkpoints and metrics of the {n} "
-                                f"trials written, run the same command again to resume")
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                flush(*pending)
-                pending = None
-                trials = unstack(state)
-                for i in alive:
-                    vals[i] = run.evaluate(trials[i].params, val_batches)
-                    writers[i].write(step, "val", {**vals[i], "elapsed_s": time.perf_counter() - t0})
-                log(f"step {step:>6}  val loss " + "  ".join(f"{workdirs[i].name} {vals[i]['loss']:.4f}"
-                                                             for i in alive))
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                save(step)
-        if pending is not None:
-            flush(*pending)
+        state = step_loop(run, data, state, step_fn, start, flush=flush, save=save, evaluate=evaluate,
+                          stop=stop, written=f"checkpoints and metrics of the {n} trials")
     finally:
         for checkpointer in checkpointers:
             checkpointer.close()  # waits for the asynchronous writes
