@@ -362,39 +362,42 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | No
     return results
 
 
+def _guarded(work) -> tuple[int, Any]:
+    """(exit code, result) of `work()` in a child process: bad input is 2, a stop or a divergence its own
+    code, each with one line on stderr."""
+    from gptjax.guards import Diverged, Preempted
+
+    try:
+        return 0, work()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None
+    except (Preempted, Diverged) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return e.exit_code, None
+
+
 def _run_variant(workdir: Path) -> int:
     """Child process: train the variant whose config `run_sweep` left in `workdir/variant.json`."""
-    from gptjax.guards import Diverged, Preempted
     from gptjax.train import train
 
     cfg = validate(from_dict(json.loads((workdir / "variant.json").read_text())))
-    try:
-        result = train(cfg, workdir)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (Preempted, Diverged) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"final validation loss {result['val']['loss']:.4f} at step {result['step']}")
-    return 0
+    code, result = _guarded(lambda: train(cfg, workdir))
+    if code == 0:
+        print(f"final validation loss {result['val']['loss']:.4f} at step {result['step']}")
+    return code
 
 
 def _run_group(workdirs: Sequence[Path]) -> int:
     """Child process: train the variants left in `workdirs` by `run_sweep` as one vmapped group; a trial
     that diverges is recorded failed in its own `status.json` while the others train on."""
-    from gptjax.guards import EXIT_DIVERGED, Diverged, Preempted
+    from gptjax.guards import EXIT_DIVERGED
     from gptjax.vectorised import train_group
 
     trials = {w: validate(from_dict(json.loads((w / "variant.json").read_text()))) for w in workdirs}
-    try:
-        results = train_group(trials)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (Preempted, Diverged) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return e.exit_code
+    code, results = _guarded(lambda: train_group(trials))
+    if code:
+        return code
     for workdir, result in results.items():
         if "diverged" in result:
             _write_status(workdir, status="failed", returncode=EXIT_DIVERGED,
