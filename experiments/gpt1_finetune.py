@@ -10,8 +10,11 @@ of `gptjax.data.sources.load_examples` (passages of the documentation topics lab
 their topic belongs to; whole topics are held out for validation). Loss L3 = L2 + λ·L1 with λ = 0.5:
 L2 the classification cross-entropy, L1 the causal-LM loss on the same inputs (Radford et al. 2018,
 §3.2), both logged, with classification accuracy. Optimizer: the gpt2_adam preset (Adam with coupled
-L2 0.01, the GPT setting) at GPT-1's fine-tuning learning rate 6.25e-5 with linear decay and a 0.2%
-warmup (§4.1), for 3 epochs. `train.init_from=` (empty) fine-tunes from scratch for comparison.
+L2 0.01, the GPT setting) at GPT-1's fine-tuning learning rate 6.25e-5 with linear decay (§4.1) after a
+2-step warmup (the paper's 0.2% of training is under one step here), for 3 epochs.
+`train.init_from=` (empty) fine-tunes from scratch for comparison. Expected (README, "GPT-1
+fine-tuning"): about a minute; class accuracy near 35–40% on 125 held-out passages (majority class 31%),
+the auxiliary LM loss 2.15 nats/byte against 4.56 from scratch.
 """
 
 import dataclasses
