@@ -10,11 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orbax.checkpoint as ocp
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """The steps saved under `workdir/checkpoints`, ascending (orbax names each step's directory by its
+    number); read from the directory names, so a caller that has not imported JAX need not."""
+    directory = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def checkpoint_step(workdir: Path) -> int:
+    """The newest checkpointed step of `workdir`, 0 when none."""
+    return max(checkpoint_steps(workdir), default=0)
 
 
 class Checkpointer:
     def __init__(self, directory: Path, keep: int):
+        import orbax.checkpoint as ocp  # here, not at the top: `checkpoint_step` must stay JAX-free
+
+        self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -24,12 +37,13 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict[str, Any]) -> None:
         """Asynchronous: training continues while the files are written."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)))
+        args = self._ocp.args
+        self.manager.save(step, args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)))
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        args = self._ocp.args
+        restored = self.manager.restore(step, args=args.Composite(
+            state=args.StandardRestore(abstract_state), meta=args.JsonRestore()))
         return restored.state, restored.meta
 
     def restore_latest(self, abstract_state, warn=print) -> tuple[Any, dict[str, Any]] | None:

@@ -109,7 +109,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     import jax
 
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
-    from gptjax.models import abstract_params
+    from gptjax.models import abstract_params, tree_bytes
     from gptjax.optimizers import build_optimizer, state_bytes
 
     _, abstract = abstract_params(cfg.model)
@@ -126,7 +126,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
         elif keys[0] in STACKS and keys[0] == _first_stack(abstract) and keys[1] == 0:
             per_layer[row] += leaf.size
     params["total"] = sum(params[c] for c in COMPONENTS)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract))
+    param_bytes = tree_bytes(abstract)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
     key, memory = ACCELERATORS[accelerator]
     peak = measured_cpu_peak() if accelerator == "cpu" else PEAK_FLOPS[key]

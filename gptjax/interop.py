@@ -35,7 +35,6 @@ from gptjax.config import (
     ObjectiveConfig,
     SampleConfig,
     apply_overrides,
-    from_dict,
     to_dict,
     validate,
 )
@@ -432,32 +431,6 @@ def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experim
     return cfg
 
 
-def restore_params(workdir: Path) -> tuple[Experiment, Any, Any]:
-    """(config, graphdef, params) of a workdir's latest checkpoint, for any family and without the data
-    or tokenizer that `train.load_for_inference` also builds."""
-    import jax
-    import jax.numpy as jnp
-
-    from gptjax.checkpoint import Checkpointer
-    from gptjax.models import abstract_params
-    from gptjax.optimizers import build_optimizer
-    from gptjax.train import TrainState
-
-    workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
-    graphdef, abstract = abstract_params(cfg.model)
-    tx = build_optimizer(cfg.optim, cfg.train.steps)
-    target = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract, jax.eval_shape(tx.init, abstract))
-    checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    restored = checkpointer.restore_latest(target)
-    checkpointer.close()
-    if restored is None:
-        raise ConfigError(f"{workdir} has no checkpoint yet")
-    return cfg, graphdef, restored[0].params
-
-
 # Exporting writes the HF config keys gptjax knows; `transformers` fills in the rest with its defaults.
 _REVERSE_ACTIVATIONS = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "tanh": "tanh",
                         "sigmoid": "sigmoid"}
@@ -492,6 +465,8 @@ def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
     and tokenizer.json if the workdir has one) that `from_pretrained` loads; the inverse of `import_hf`."""
     import jax
     from safetensors.numpy import save_file
+
+    from gptjax.train import restore_params
 
     cfg, _, params = restore_params(workdir)
     m = cfg.model

@@ -292,3 +292,18 @@ def _chunked_bwd(coefs, chunk, residuals, cotangents):
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def score_parts(scored: dict) -> tuple[dict[str, tuple[float, jax.Array]], dict[str, jax.Array]]:
+    """{name: (coefficient, logits_BLV, targets_BL, weights_BL)} → (parts, summed metrics): the float32
+    cross-entropy sum of each part and the metrics `gptjax.metrics.summarize_parts` reads: every objective
+    with named parts (gptjax/objectives/) scores them here."""
+    parts, metrics = {}, {}
+    for name, (coef, logits_BLV, targets_BL, weights_BL) in scored.items():
+        weights_BL = weights_BL.astype(jnp.float32)
+        part_sum = cross_entropy(logits_BLV, targets_BL, weights_BL).sum
+        parts[name] = (coef, part_sum)
+        metrics.update({f"{name}_sum": part_sum, f"{name}_count": jnp.sum(weights_BL),
+                        f"{name}_correct": correct_predictions(logits_BLV, targets_BL, weights_BL),
+                        f"{name}_weighted": jnp.float32(coef) * part_sum})
+    return parts, metrics

@@ -11,6 +11,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
+def _per(value: float, by: float) -> float:
+    return value / by if by > 0 else float("nan")
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Normalise summed metrics once: the objective (`loss`), each term under its own name, perplexity
     and token accuracy.
@@ -20,16 +24,25 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     token) and accuracy are per real target token (`tokens`) whatever the normalisation.
     """
     weight, tokens = sums["weight"], sums["tokens"]
-
-    def per(value: float, by: float) -> float:
-        return value / by if by > 0 else float("nan")
-
-    record = {"loss": per(sums["loss_sum"], weight)}
-    record.update({key.removesuffix("_sum"): per(value, weight) for key, value in sums.items()
+    record = {"loss": _per(sums["loss_sum"], weight)}
+    record.update({key.removesuffix("_sum"): _per(value, weight) for key, value in sums.items()
                    if key.endswith("_sum") and key != "loss_sum"})
-    ce_per_token = per(sums["ce_sum"], tokens)
-    record.update(perplexity=math.exp(min(ce_per_token, 700.0)), accuracy=per(sums["correct"], tokens),
+    ce_per_token = _per(sums["ce_sum"], tokens)
+    record.update(perplexity=math.exp(min(ce_per_token, 700.0)), accuracy=_per(sums["correct"], tokens),
                   tokens=tokens)
+    return record
+
+
+def summarize_parts(sums: dict[str, float], parts: tuple[str, ...], lm_part: str) -> dict[str, float]:
+    """The log record from summed metrics: `loss` = Σ coef·sum / max(count, 1) (the train step's formula),
+    each part's mean and accuracy, `perplexity` = exp(mean CE of `lm_part`), `accuracy` and `tokens` (its
+    token accuracy and count). A part with no count has mean NaN."""
+    record = {"loss": sum(sums[f"{p}_weighted"] / max(sums[f"{p}_count"], 1.0) for p in parts)}
+    for p in parts:
+        record[p] = _per(sums[f"{p}_sum"], sums[f"{p}_count"])
+        record[f"{p}_accuracy"] = _per(sums[f"{p}_correct"], sums[f"{p}_count"])
+    record.update(perplexity=math.exp(min(record[lm_part], 700.0)),
+                  accuracy=record[f"{lm_part}_accuracy"], tokens=sums[f"{lm_part}_count"])
     return record
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from gptjax.config import ConfigError, OptimConfig
+from gptjax.models import tree_bytes
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -288,5 +289,4 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
 def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
     """Bytes of `tx`'s state for `params` (arrays or jax.ShapeDtypeStruct), without allocating it: about
     8 per float32 parameter for Adam, far fewer for factored Adafactor."""
-    shapes = jax.eval_shape(tx.init, params)
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    return tree_bytes(jax.eval_shape(tx.init, params))

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gptjax.checkpoint import checkpoint_step
 from gptjax.config import (
     PRESETS,
     ConfigError,
@@ -231,14 +232,6 @@ def shard_units(units: Sequence[Sequence[str]], shard: tuple[int, int]) -> list[
     """Shard i of N of `units` (as `shard_variants`, a vmapped group counting as one)."""
     i, n = shard
     return [list(unit) for k, unit in enumerate(sorted(units)) if k % n == i]
-
-
-def checkpoint_step(workdir: Path) -> int:
-    """The newest step under `workdir/checkpoints` (orbax names each step's directory by its number), 0
-    when none; read from the directory names, so the sweep's parent process needs no JAX."""
-    directory = Path(workdir) / "checkpoints"
-    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-    return max(steps, default=0)
 
 
 def read_status(workdir: Path) -> dict[str, Any]:

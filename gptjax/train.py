@@ -23,14 +23,14 @@ import optax
 from flax import nnx
 
 from gptjax import sharding
-from gptjax.checkpoint import Checkpointer
+from gptjax.checkpoint import Checkpointer, checkpoint_steps
 from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import generate
 from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
 from gptjax.metrics import MetricsWriter, NullWriter, progress_bar
-from gptjax.models import abstract_params, build_model, count_params, split_params
+from gptjax.models import abstract_params, build_model, count_params, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
 
@@ -153,7 +153,7 @@ class Run:
         self.graphdef, abstract = abstract_params(cfg.model)
         self.teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
         self.n_params = count_params(abstract)
-        self.param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract))
+        self.param_bytes = tree_bytes(abstract)
         self.opt_state_bytes = state_bytes(self.tx, abstract)
         init = functools.partial(init_state, cfg.train.seed, cfg=cfg, tx=self.tx)
         self.abstract_state = jax.eval_shape(init)
@@ -167,7 +167,7 @@ class Run:
         self.init_with = jax.jit(
             lambda params: TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params)),
             out_shardings=state_shardings)
-        self.init_from = None  # (config, step) of train.init_from, set by train()
+        self.init_from = None  # the checkpoint step train.init_from starts from, set by train()
         self.step = jax.jit(
             functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, cfg=cfg, teacher=self.teacher),
             in_shardings=(state_shardings, sharding.batch_sharding(self.mesh)),
@@ -258,8 +258,8 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     if restored is None:
         state = run.init()
         if run.init_from is not None:
-            state = start_from(state, run, *run.init_from)
-            log(f"{cfg.name}: parameters from {cfg.train.init_from} (step {run.init_from[1]})")
+            state = start_from(state, run)
+            log(f"{cfg.name}: parameters from {cfg.train.init_from} (step {run.init_from})")
         log(f"{cfg.name}: {run.n_params:,} parameters ({run.param_bytes / 2**20:.1f} MiB), optimizer "
             f"{cfg.optim.preset} state {run.opt_state_bytes / run.n_params:.1f} bytes/parameter, "
             f"{len(run.mesh.devices.flat)} device(s), training to step {cfg.train.steps} in {workdir}")
@@ -390,8 +390,8 @@ def tokenizer_path(cfg: Experiment, workdir: Path) -> Path:
     return Path(cfg.train.init_from or workdir) / "tokenizer.json"
 
 
-def check_init_from(cfg: Experiment) -> tuple[Any, int] | None:
-    """`train.init_from`'s config and latest step, checked before any work; None when not set."""
+def check_init_from(cfg: Experiment) -> int | None:
+    """`train.init_from`'s latest step, checked before any work; None when not set."""
     if not cfg.train.init_from:
         return None
     source = Path(cfg.train.init_from)
@@ -400,7 +400,7 @@ def check_init_from(cfg: Experiment) -> tuple[Any, int] | None:
                 and source.name in known_experiments() else "")
         raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
                           f"train that run first{hint}")
-    steps = [int(p.name) for p in (source / "checkpoints").glob("*") if p.name.isdigit()]
+    steps = checkpoint_steps(source)  # import-hf writes step 0
     if not steps:
         raise ConfigError(f"train.init_from {source} has no checkpoint yet")
     previous = from_dict(json.loads((source / "config.json").read_text()))
@@ -408,16 +408,16 @@ def check_init_from(cfg: Experiment) -> tuple[Any, int] | None:
         raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
                           f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
                           f"{cfg.data.tokenizer}")
-    return previous, max(steps)
+    return steps[-1]
 
 
-def start_from(state: TrainState, run: Run, previous: Experiment, step: int) -> TrainState:
+def start_from(state: TrainState, run: Run) -> TrainState:
     """`state` with every parameter the `train.init_from` run also has replaced by that run's value.
 
     Parameters only this model has (a new classification head) keep their fresh initialisation; a
     parameter present in both with different shapes is an error naming it. The optimizer starts anew.
     """
-    _, params, _ = load_for_inference(Path(run.cfg.train.init_from))
+    _, _, params = restore_params(Path(run.cfg.train.init_from))
     flat_new = flax.traverse_util.flatten_dict(jax.device_get(state.params))
     flat_old = flax.traverse_util.flatten_dict(jax.device_get(params))
     name = lambda path: "/".join(str(p) for p in path)
@@ -434,27 +434,35 @@ def start_from(state: TrainState, run: Run, previous: Experiment, step: int) -> 
 
 def load_teacher(workdir: str, vocab_size: int) -> tuple[Any, Any]:
     """(graphdef, params) of the trained model in `workdir`, for the `kl` term; same vocabulary required."""
-    run, params, _ = load_for_inference(Path(workdir))
-    if run.cfg.model.vocab_size != vocab_size:
-        raise ConfigError(f"loss.teacher {workdir} has vocabulary {run.cfg.model.vocab_size}, "
+    cfg, graphdef, params = restore_params(Path(workdir))
+    if cfg.model.vocab_size != vocab_size:
+        raise ConfigError(f"loss.teacher {workdir} has vocabulary {cfg.model.vocab_size}, "
                           f"the student {vocab_size}")
-    return run.graphdef, params
+    return graphdef, params
 
 
-def load_for_inference(workdir: Path) -> tuple[Run, Any, Any]:
-    """(run, params, tokenizer) from a workdir's config.json and latest checkpoint."""
+def restore_params(workdir: Path) -> tuple[Experiment, Any, Any]:
+    """(config, graphdef, params) of a workdir's latest checkpoint, for any family, from shapes alone:
+    no data, no tokenizer, no mesh."""
     workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
+    if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads(path.read_text()))
-    tokenizer = build_tokenizer(cfg.data, cache=workdir / "tokenizer.json")
-    run = Run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_parallel=1)),
-              tokenizer.vocab_size)
+    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    graphdef, abstract = abstract_params(cfg.model)
+    tx = build_optimizer(cfg.optim, cfg.train.steps)
+    target = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract, jax.eval_shape(tx.init, abstract))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    restored = checkpointer.restore_latest(run.abstract_state)
+    restored = checkpointer.restore_latest(target)
     checkpointer.close()
     if restored is None:
         raise ConfigError(f"{workdir} has no checkpoint yet")
-    state, _ = restored
-    return run, state.params, tokenizer
+    return cfg, graphdef, restored[0].params
+
+
+def load_for_inference(workdir: Path) -> tuple[Run, Any, Any]:
+    """(run, params, tokenizer) from a workdir's config.json, latest checkpoint and tokenizer."""
+    cfg, _, params = restore_params(workdir)
+    tokenizer = build_tokenizer(cfg.data, cache=Path(workdir) / "tokenizer.json")
+    run = Run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_parallel=1)),
+              tokenizer.vocab_size)
+    return run, params, tokenizer

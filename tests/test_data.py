@@ -404,12 +404,17 @@ class TinyTrainOnly(TinyCorpus, skip_registration=True):
     SPLITS = {"train": TRAIN_TEXTS}
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    for builder_class in (TinyCorpus, TinyTrainOnly):
+def prepare(tmp_path_factory, name: str, *builder_classes) -> str:
+    """A data_dir holding the given builders' datasets, prepared as array_record."""
+    data_dir = tmp_path_factory.mktemp(name)
+    for builder_class in builder_classes:
         builder_class(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
     return str(data_dir)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return prepare(tmp_path_factory, "tfds", TinyCorpus, TinyTrainOnly)
 
 
 def tfds_config(tfds_dir, name="tiny_corpus", **kw):
@@ -471,10 +476,7 @@ class TinyLabelledTrainOnly(TinyLabelled, skip_registration=True):
 
 @pytest.fixture(scope="module")
 def labelled_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds_labelled")
-    for builder_class in (TinyLabelled, TinyLabelledTrainOnly):
-        builder_class(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-    return str(data_dir)
+    return prepare(tmp_path_factory, "tfds_labelled", TinyLabelled, TinyLabelledTrainOnly)
 
 
 def test_tfds_examples_from_local_dataset(labelled_dir):

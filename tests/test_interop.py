@@ -14,8 +14,9 @@ from gptjax import cli
 from gptjax.config import ConfigError
 from gptjax.data.tokenizers import HfTokenizer
 from gptjax.describe import describe
-from gptjax.interop import export_hf, import_hf, restore_params
+from gptjax.interop import export_hf, import_hf
 from gptjax.losses import cross_entropy
+from gptjax.train import restore_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

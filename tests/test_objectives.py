@@ -14,6 +14,7 @@ from gptjax.config import ConfigError, DataConfig, Experiment, ModelConfig, Obje
 from gptjax.data.packing import pack_documents
 from gptjax.data.sources import Documents, load_documents, load_examples
 from gptjax.data.tokenizers import BpeTokenizer
+from gptjax.losses import score_parts
 from gptjax.models import abstract_params, build_model, split_params
 from gptjax.objectives import gpt1_finetune, mlm, span_corruption
 from gptjax.objectives.gpt1_finetune import ClassifyData
@@ -429,7 +430,7 @@ def test_mlm_loss_sees_only_chosen_positions(corpus, tokenizer):
         logits = model.mlm_logits(model.hidden(batch.inputs, segment_ids_BL=batch.segment_ids))
 
         def mlm_sum(logits):
-            return mlm.score_parts({"mlm": (1.0, logits, batch.targets, batch.weights)})[0]["mlm"][1]
+            return score_parts({"mlm": (1.0, logits, batch.targets, batch.weights)})[0]["mlm"][1]
 
         noise = jax.random.normal(jax.random.key(0), logits.shape) * unchosen
         return (parts, metrics, logits, mlm_sum(logits), mlm_sum(logits + 10 * noise),

@@ -47,3 +47,12 @@ class ClassifyBatch(NamedTuple):
     labels: np.ndarray  # int32 [B], the class
     label_weights: np.ndarray  # float32 [B], 1.0 for real examples, 0.0 for padding rows
 
+
+def stack_rows(batch_type, rows: list[tuple[np.ndarray, ...]]):
+    """One batch of `batch_type` from per-row tuples of its fields, in field order."""
+    return batch_type(*(np.stack(column) for column in zip(*rows, strict=True)))
+
+
+def stack_batches(batch_type, rows: list[tuple[np.ndarray, ...]], batch_size: int) -> list:
+    """Consecutive batches of `batch_size` rows each (validation: len(rows) is a multiple of it)."""
+    return [stack_rows(batch_type, rows[k:k + batch_size]) for k in range(0, len(rows), batch_size)]

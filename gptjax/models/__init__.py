@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from gptjax.config import ModelConfig
@@ -10,6 +11,11 @@ from gptjax.models.gpt import GPT, count_params
 from gptjax.models.t5 import T5
 
 MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of a pytree of arrays or jax.ShapeDtypeStructs (parameters, optimizer state)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
 def build_model(cfg: ModelConfig, seed: int) -> nnx.Module:
@@ -27,4 +33,5 @@ def abstract_params(cfg: ModelConfig):
     return split_params(nnx.eval_shape(lambda: build_model(cfg, seed=0)))
 
 
-__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "split_params"]
+__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "split_params",
+           "tree_bytes"]

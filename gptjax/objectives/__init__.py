@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from gptjax.data import build_tokenizer, load_documents, load_examples
 from gptjax.objectives import causal_lm, gpt1_finetune, mlm, span_corruption
 from gptjax.objectives.causal_lm import causal_lm_loss
 
@@ -44,13 +45,10 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-
 def build_objective_data(cfg, tokenizer_cache: Path | None = None):
     """The data object of `cfg.objective` for `cfg.data`: source read, tokenizer loaded from
     `tokenizer_cache` when that file exists or else trained on the training split (not saved here: the
     caller saves it once it holds the workdir), batches ready. ConfigError (one line) on bad input."""
-    from gptjax.data import build_tokenizer, load_documents, load_examples
-
     objective = OBJECTIVES[cfg.objective.name]
     source = load_examples(cfg.data) if objective.labelled else load_documents(cfg.data)
     texts = [text for text, _ in source.train] if objective.labelled else source.train

@@ -23,7 +23,8 @@ import numpy as np
 from gptjax.config import ConfigError, Experiment
 from gptjax.data.batches import ClassifyBatch
 from gptjax.data.sources import Examples
-from gptjax.objectives.mlm import score_parts, summarize_parts
+from gptjax.losses import score_parts
+from gptjax.metrics import summarize_parts
 
 
 def encode_examples(examples: list[tuple[str, int]], tokenizer, seq_len: int) -> ClassifyBatch:

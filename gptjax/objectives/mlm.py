@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config import ConfigError, Experiment, ObjectiveConfig
-from gptjax.data.batches import MaskedBatch
+from gptjax.data.batches import MaskedBatch, stack_batches, stack_rows
 from gptjax.data.sources import Documents
-from gptjax.losses import correct_predictions, cross_entropy
+from gptjax.losses import score_parts
+from gptjax.metrics import summarize_parts
 
 VAL_SEED = 7_654_321  # fixed on purpose: validation masks and pairs must not depend on train.seed
 STATIC_TAG = 2**31 - 1  # the middle key of static draws; a training step never reaches it
@@ -282,19 +283,14 @@ class MaskedData:
         for b, i in enumerate(self.sequences(step)):
             key = [self.seed, STATIC_TAG, int(i)] if self.static else [self.seed, step, b]
             rows.append(self._row(self.train, int(i), np.random.default_rng(key)))
-        return _stack(rows)
+        return stack_rows(MaskedBatch, rows)
 
     def val_batches(self, n: int) -> list[MaskedBatch]:
         """The first n validation batches: identical every call and for every seed; rows past the end of
         the split are padding with weight 0 (and NSP weight 0)."""
         rows = [self._row(self.val, r, np.random.default_rng([VAL_SEED, r])) if r < len(self.val)
                 else self._empty_row() for r in range(n * self.batch_size)]
-        b = self.batch_size
-        return [_stack(rows[k * b:(k + 1) * b]) for k in range(n)]
-
-
-def _stack(rows: list[tuple[np.ndarray, ...]]) -> MaskedBatch:
-    return MaskedBatch(*(np.stack(column) for column in zip(*rows, strict=True)))
+        return stack_batches(MaskedBatch, rows, self.batch_size)
 
 
 def loss(model, batch: MaskedBatch, *, cfg: Experiment, deterministic: bool, rngs=None
@@ -320,43 +316,12 @@ def loss(model, batch: MaskedBatch, *, cfg: Experiment, deterministic: bool, rng
     return score_parts(scored)
 
 
-def score_parts(scored: dict) -> tuple[dict[str, tuple[float, jax.Array]], dict[str, jax.Array]]:
-    """{name: (coefficient, logits_BLV, targets_BL, weights_BL)} → (parts, summed metrics): the float32
-    cross-entropy sum of each part and the metrics `summarize_parts` reads."""
-    parts, metrics = {}, {}
-    for name, (coef, logits_BLV, targets_BL, weights_BL) in scored.items():
-        weights_BL = weights_BL.astype(jnp.float32)
-        part_sum = cross_entropy(logits_BLV, targets_BL, weights_BL).sum
-        parts[name] = (coef, part_sum)
-        metrics.update({f"{name}_sum": part_sum, f"{name}_count": jnp.sum(weights_BL),
-                        f"{name}_correct": correct_predictions(logits_BLV, targets_BL, weights_BL),
-                        f"{name}_weighted": jnp.float32(coef) * part_sum})
-    return parts, metrics
-
-
 def denominators(batch: MaskedBatch, cfg: Experiment) -> dict[str, jax.Array]:
     """The chosen positions (mlm) and, for mlm_nsp, the NSP-scored rows of the whole global batch."""
     out = {"mlm": jnp.sum(jnp.asarray(batch.weights, jnp.float32))}
     if cfg.objective.name == "mlm_nsp":
         out["nsp"] = jnp.sum(jnp.asarray(batch.nsp_weights, jnp.float32))
     return out
-
-
-def summarize_parts(sums: dict[str, float], parts: tuple[str, ...], lm_part: str) -> dict[str, float]:
-    """The log record from summed metrics: `loss` = Σ coef·sum / max(count, 1) (the train step's formula),
-    each part's mean and accuracy, `perplexity` = exp(mean CE of `lm_part`), `accuracy` and `tokens` (its
-    token accuracy and count). A part with no count has mean NaN."""
-
-    def per(value: float, by: float) -> float:
-        return value / by if by > 0 else float("nan")
-
-    record = {"loss": sum(sums[f"{p}_weighted"] / max(sums[f"{p}_count"], 1.0) for p in parts)}
-    for p in parts:
-        record[p] = per(sums[f"{p}_sum"], sums[f"{p}_count"])
-        record[f"{p}_accuracy"] = per(sums[f"{p}_correct"], sums[f"{p}_count"])
-    record.update(perplexity=float(np.exp(min(record[lm_part], 700.0))),
-                  accuracy=record[f"{lm_part}_accuracy"], tokens=sums[f"{lm_part}_count"])
-    return record
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:

@@ -28,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config import ConfigError, Experiment
-from gptjax.data.batches import Seq2SeqBatch
+from gptjax.data.batches import Seq2SeqBatch, stack_batches, stack_rows
 from gptjax.data.packing import TrainWindows, pack_documents
 from gptjax.data.sources import Documents
-from gptjax.objectives.mlm import VAL_SEED, score_parts, summarize_parts
+from gptjax.losses import score_parts
+from gptjax.metrics import summarize_parts
+from gptjax.objectives.mlm import VAL_SEED
 
 
 def span_counts(n: int, density: float, mean_span_length: float) -> tuple[int, int]:
@@ -143,7 +145,7 @@ class SpanData:
         starts_B = self._train.starts(step)
         rows = [self._row(self.train_tokens[s:s + self.raw_length],
                           np.random.default_rng([self.seed, step, b])) for b, s in enumerate(starts_B)]
-        return _stack(rows)
+        return stack_rows(Seq2SeqBatch, rows)
 
     def val_batches(self, n: int) -> list[Seq2SeqBatch]:
         """The first n validation batches: consecutive windows of the split (the last one shorter), the
@@ -153,12 +155,7 @@ class SpanData:
             window = self.val_tokens[r * self.raw_length:(r + 1) * self.raw_length]
             rows.append(self._row(window, np.random.default_rng([VAL_SEED, r])) if len(window) >= 2
                         else self._empty_row())
-        b = self.batch_size
-        return [_stack(rows[k * b:(k + 1) * b]) for k in range(n)]
-
-
-def _stack(rows: list[tuple[np.ndarray, ...]]) -> Seq2SeqBatch:
-    return Seq2SeqBatch(*(np.stack(column) for column in zip(*rows, strict=True)))
+        return stack_batches(Seq2SeqBatch, rows, self.batch_size)
 
 
 def loss(model, batch: Seq2SeqBatch, *, cfg: Experiment, deterministic: bool, rngs=None
