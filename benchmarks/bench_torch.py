@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# PyTorch's OpenMP threads spin while they wait for each other by default; on a machine shared with other
-# jobs a preempted thread then stalls its siblings, and a step took 2.5 s instead of 74 ms
-# (benchmarks/README.md).
-# Passive waiting is what a shared machine needs; OMP_WAIT_POLICY=ACTIVE measures the default on an idle one.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# PyTorch runs with its own defaults, OpenMP waiting included: what a PyTorch user gets. Its OpenMP threads
+# spin for a while before they sleep; on a machine loaded by other jobs a spinning thread can wait on a
+# preempted sibling, and a small step then took 2.5 s instead of 40 ms (benchmarks/README.md). The load
+# average is recorded beside the figures; `OMP_WAIT_POLICY=PASSIVE make bench-torch` measures PyTorch with
+# sleeping waits, which survives a loaded machine but costs it about 45% on an idle one.
 
 import jax
 import numpy as np
@@ -176,9 +176,13 @@ def main() -> None:
     args = parser.parse_args()
     threads = len(os.sched_getaffinity(0))  # XLA's CPU thread pool takes every core it may run on
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    if load_before[0] > threads / 2:
+        print(f"note: load average {load_before[0]:.1f} before the run; other jobs on the machine disturb "
+              "both sides, PyTorch's spinning OpenMP threads most (benchmarks/README.md)")
     peak = measured_cpu_peak()
     results = {"command": "make bench-torch", "threads": threads, "cpu_peak_flops": peak,
-               "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
     for shape in SHAPES:
         if args.only in (None, shape[0]):
             results[shape[0]] = bench_shape(*shape, blocks=args.blocks, seconds=args.seconds, peak=peak)
@@ -187,7 +191,7 @@ def main() -> None:
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
                           "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
                           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                          "load_average": os.getloadavg()}
+                          "load_average_before": load_before, "load_average_after": os.getloadavg()}
     if args.only:
         return
     out = Path(__file__).parent / "results" / "torch.json"

@@ -38,7 +38,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"  # activation dtype; parameters stay float32, softmax and loss float32
-    attention: str = "xla"  # xla: jax.nn.dot_product_attention; einsum: the plain reference path
+    attention: str = "auto"  # xla: jax.nn.dot_product_attention; einsum: the plain reference path; auto:
+    # xla where the backend has a fused kernel (cuDNN on GPU), einsum on CPU (5% faster there)
     scan_layers: bool = False  # run the layer stack under jax.lax.scan (compile time flat in depth)
     remat: str = "none"  # scanned layers only: none | full | dots (what the backward pass recomputes)
     n_classes: int = 0  # gpt: a classification head on the last token (gpt1_finetune); 0: the data's
@@ -239,7 +240,7 @@ class Experiment:
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "sigmoid", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTIONS = ("xla", "einsum")
+ATTENTIONS = ("auto", "xla", "einsum")
 REMATS = ("none", "full", "dots")
 FAMILIES = ("gpt", "bert", "t5")
 TOKENIZERS = ("byte", "bpe", "hf")  # hf: a Hugging Face tokenizer.json in the workdir (import-hf)

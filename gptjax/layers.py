@@ -36,12 +36,29 @@ class KVCache(NamedTuple):
     v_BSHK: jax.Array
 
 
+def flat_dot_general(x, kernel, dimension_numbers, precision=None, out_sharding=None, **kwargs):
+    """nnx.Linear's product x[..., D] @ kernel[D, F] taken as one 2-D matmul over the merged leading axes.
+
+    The value is the same; what changes is the backward pass. Autodiff of the 3-D product asks for the
+    weight gradient as a contraction over two axes, which XLA:CPU runs after a transposed copy of the
+    output gradient; of the 2-D product, as one (B·L)-long contraction of two untransposed operands.
+    On CPU that took 14% off a training step at d 384 and 5% at d 128, with bitwise equal losses
+    (benchmarks/README.md, log entry 8).
+    """
+    if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())) or out_sharding is not None:
+        raise ValueError(f"flat_dot_general takes x[..., D] @ kernel[D, F] only, not {dimension_numbers}")
+    y_NF = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), kernel, (((1,), (0,)), ((), ())),
+                               precision=precision, **kwargs)
+    return y_NF.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 def dense(d_in: int, d_out: int, *, std, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """A Linear layer with N(0, std²) weights; `std` may be a [d_out] vector (one std per output)."""
     init = nnx.initializers.normal(1.0)
     kernel_init = lambda key, shape, dtype: init(key, shape, dtype) * jnp.asarray(std, dtype)
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs)
+                      kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs,
+                      dot_general=flat_dot_general)
 
 
 def attention_mask(q_segment_BL: jax.Array | None, k_segment_BS: jax.Array | None,
@@ -85,7 +102,15 @@ def xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: flo
                                         scale=scale, is_causal=is_causal)
 
 
-ATTENTION_IMPLS = {"einsum": einsum_attention, "xla": xla_attention}
+def auto_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: float | None = None,
+                   bias_BHLS=None) -> jax.Array:
+    """`xla_attention` where the backend has a fused kernel; on CPU, where it has none, the einsum path,
+    whose train step measured 5% faster there (benchmarks/README.md)."""
+    impl = einsum_attention if jax.default_backend() == "cpu" else xla_attention
+    return impl(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal, scale=scale, bias_BHLS=bias_BHLS)
+
+
+ATTENTION_IMPLS = {"auto": auto_attention, "einsum": einsum_attention, "xla": xla_attention}
 
 
 class SelfAttention(nnx.Module):

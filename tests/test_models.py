@@ -183,3 +183,33 @@ def test_scanned_layers_generate_like_unrolled_ones():
             for g, p in ((graphdef, params), (scanned_graphdef, scanned)) for cache in (True, False)]
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_flat_dot_general_equals_the_product_and_its_gradients(dtype):
+    """The dense layers' 2-D product: same value and same x/kernel gradients as the plain 3-D product."""
+    from gptjax.layers import flat_dot_general
+
+    dims = (((2,), (0,)), ((), ()))
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (3, 5, 8), dtype)
+    w = jax.random.normal(kw, (8, 6), dtype)
+    cot = jax.random.normal(kc, (3, 5, 6), jnp.float32)
+
+    def loss(product, x, w):
+        return jnp.sum(product(x, w, dims).astype(jnp.float32) * cot)
+
+    ours = jax.value_and_grad(lambda x, w: loss(flat_dot_general, x, w), argnums=(0, 1))(x, w)
+    plain = jax.value_and_grad(lambda x, w: loss(jax.lax.dot_general, x, w), argnums=(0, 1))(x, w)
+    x64, w64, cot64 = (np.asarray(a, np.float64) for a in (x, w, cot))
+    # NumPy float64 reference: y = x·w, dL/dx = cot·wᵀ, dL/dw = Σ_{b,l} x[b,l]ᵀ cot[b,l].
+    reference = (np.sum((x64 @ w64) * cot64), (cot64 @ w64.T, np.einsum("bld,blf->df", x64, cot64)))
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    leaves = (jax.tree.leaves(ours), jax.tree.leaves(plain), jax.tree.leaves(reference))
+    for got, want, ref in zip(*leaves, strict=True):
+        assert got.dtype == want.dtype
+        got64 = np.asarray(got, np.float64)
+        np.testing.assert_allclose(got64, np.asarray(want, np.float64), rtol=tol, atol=tol)
+        np.testing.assert_allclose(got64, ref, rtol=tol, atol=tol * 10)
+    with pytest.raises(ValueError, match="x\\[..., D\\] @ kernel\\[D, F\\] only"):
+        flat_dot_general(x, w, (((1,), (0,)), ((), ())))
