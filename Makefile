@@ -10,7 +10,7 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate bench-torch
+	bench-generate bench-torch bench-mfu
 
 install: $(STAMP)
 
@@ -56,8 +56,12 @@ bench-generate: $(STAMP)
 bench-torch: $(STAMP)
 	$(PY) benchmarks/bench_torch.py
 
+# GPT-2 small, T 1024, bfloat16 MFU on a GPU/TPU (benchmarks/results/mfu.json); says so and skips on a CPU.
+bench-mfu: $(STAMP)
+	$(PY) benchmarks/bench_mfu.py
+
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-torch
+bench: bench-loss bench-sweep bench-compile bench-generate bench-torch bench-mfu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

@@ -43,3 +43,21 @@ def tiny_experiment(**train) -> Experiment:
 @pytest.fixture
 def tiny():
     return tiny_experiment()
+
+
+def _has_gpu() -> bool:
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a GPU backend (JAX_PLATFORMS=cuda,cpu on a GPU machine); skipped without."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_gpu():
+        skip = pytest.mark.skip(reason="needs a GPU (JAX_PLATFORMS=cuda,cpu on a GPU machine)")
+        for item in gpu_items:
+            item.add_marker(skip)
