@@ -7,13 +7,12 @@ changes. Compilation is timed with the persistent cache off, by `jit(...).lower(
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import jax
+from common import RESULTS, write_json
 
 from gptjax.config import load_experiment
 from gptjax.data import build_data
@@ -40,12 +39,9 @@ def main() -> None:
         ratio = times[48] / times[12]
         results[key] = {"12_layers_s": times[12], "48_layers_s": times[48], "ratio_48_to_12": ratio}
         print(f"{key:>8}: 12 layers {times[12]:.1f} s, 48 layers {times[48]:.1f} s, ratio {ratio:.2f}")
-    out = Path(__file__).parent / "results" / "compile.json"
-    out.parent.mkdir(exist_ok=True)
     results["machine"] = {"platform": platform.platform(), "devices": str(jax.devices()[0].device_kind),
                           "cpus": os.cpu_count()}
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_json(RESULTS / "compile.json", results)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ training), context 512 so that 256 new tokens fit; each path is compiled first a
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from common import RESULTS, write_json
 
 from gptjax.config import ModelConfig
 from gptjax.generate import generate
@@ -43,9 +42,7 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "device": jax.devices()[0].device_kind,
                           "cpus": os.cpu_count()}}
     print(f"KV cache {cached:,.0f} tokens/s, no cache {uncached:,.0f} tokens/s: {cached / uncached:.1f}x")
-    out = Path(__file__).parent / "results" / "generate.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    write_json(RESULTS / "generate.json", result)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ output embedding, differentiated with respect to both, in float32. "Plain" mater
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import RESULTS, write_json
 
 from gptjax.losses import chunked_lm_loss, cross_entropy
 
@@ -57,7 +56,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "loss.json"))
+    p.add_argument("--out", default=str(RESULTS / "loss.json"))
     args = p.parse_args()
 
     rng = np.random.default_rng(0)
@@ -86,8 +85,7 @@ def main() -> None:
         "value_rel_error": abs(float(chunked_value) - float(plain_value)) / abs(float(plain_value)),
         "grad_rel_error": grad_error,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"{result['device']}: tokens {args.tokens}, vocab {args.vocab}, hidden {args.hidden}, float32, "
           f"forward + backward")
     for name in ("plain", "chunked"):

@@ -18,14 +18,13 @@ runs a small model on the CPU as well, to check the script, and writes nothing e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
+from common import RESULTS, write_json
 
 from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
 from gptjax.data.packing import Batch
@@ -106,10 +105,7 @@ def main() -> None:
                   model="GPT-2 small shape: 12 layers, 12 heads, d 768, vocab 50257, T 1024, tied, bfloat16",
                   jax=jax.__version__, platform=platform.platform(),
                   xla_flags=os.environ.get("XLA_FLAGS", ""))
-    out = Path(__file__).parent / "results" / "mfu.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    write_json(RESULTS / "mfu.json", result)
 
 
 if __name__ == "__main__":

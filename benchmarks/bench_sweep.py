@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from common import RESULTS, write_json
 
 from gptjax.config import load_experiment
 from gptjax.data import build_data
@@ -32,8 +33,6 @@ from gptjax.metrics import read_metrics
 from gptjax.train import Run
 from gptjax.vectorised import train_vectorised
 
-RESULTS = Path(__file__).parent / "results" / "sweep.json"
-CLI_RESULTS = Path(__file__).parent / "results" / "sweep_cli.json"
 SWEEP_FILE = """
 import numpy as np
 from gptjax.config import load_experiment
@@ -97,8 +96,7 @@ def main():
     args = p.parse_args()
     if args.cli:
         result = cli(args)
-        CLI_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        CLI_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(RESULTS / "sweep_cli.json", result)
         print(json.dumps(result, indent=2))
         return
     base = load_experiment("default", [f"train.steps={args.steps}", "train.data_parallel=1",
@@ -123,8 +121,7 @@ def main():
         "max_relative_loss_difference": float(np.max(np.abs(out["loss_TS"] - seq_TS) / np.abs(seq_TS))),
         "final_losses": out["loss_TS"][:, -1].tolist(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS / "sweep.json", result)
     print(json.dumps(result, indent=2))
 
 

@@ -17,12 +17,10 @@ FLOPs per token (gptjax/flops.py, 6N + attention) times tokens/s over a float32 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # PyTorch runs with its own defaults, OpenMP waiting included: what a PyTorch user gets. Its OpenMP threads
@@ -34,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax
 import numpy as np
 import torch
+from common import RESULTS, write_json
 
 from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
 from gptjax.data.packing import Batch
@@ -194,10 +193,7 @@ def main() -> None:
                           "load_average_before": load_before, "load_average_after": os.getloadavg()}
     if args.only:
         return
-    out = Path(__file__).parent / "results" / "torch.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_json(RESULTS / "torch.json", results)
 
 
 if __name__ == "__main__":
