@@ -105,7 +105,7 @@ def xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: flo
 def auto_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: float | None = None,
                    bias_BHLS=None) -> jax.Array:
     """`xla_attention` where the backend has a fused kernel; on CPU, where it has none, the einsum path,
-    whose train step measured 5% faster there (benchmarks/README.md)."""
+    whose train step measured 2–7% faster there (benchmarks/README.md, log entry 1)."""
     impl = einsum_attention if jax.default_backend() == "cpu" else xla_attention
     return impl(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal, scale=scale, bias_BHLS=bias_BHLS)
 
