@@ -13,7 +13,7 @@ non-special tokens are chosen, 80% of those become [MASK], 10% a random token, 1
 hundred steps: 1e-3 after 30 warmup steps (the forum's 2e-5 is a fine-tuning value; at it, or at the
 paper's pre-training 1e-4, this model is still learning the token frequencies after 600 steps).
 `optim.preset=bert_adam` restores the preset exactly.
-Expected (README, "BERT, RoBERTa, T5 and GPT-1 fine-tuning"): about 5 minutes on 2 CPU cores; the loss
+Expected (README, "BERT, RoBERTa, T5 and GPT-1 fine-tuning"): about 3 minutes on 2 CPU cores; the loss
 falls from the uniform 8.3 + 0.69 to MLM 6.32 + NSP 0.69 at step 600, near the token-unigram entropy
 (6.20) where masked-LM training plateaus first; NSP stays at chance at this budget.
 """

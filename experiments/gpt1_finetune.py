@@ -1,6 +1,6 @@
 """GPT-1-style fine-tuning: classify documentation passages, with the language model as auxiliary loss.
 
-    make experiment                        # pre-train the default GPT first (runs/default, ~3 min)
+    make experiment                        # pre-train the default GPT first (runs/default, ~2 min)
     make experiment NAME=gpt1_finetune
 
 Starts from the default experiment's trained GPT (`train.init_from=runs/default`: same shape, same byte
