@@ -18,7 +18,7 @@ import statistics
 import time
 
 import jax
-from bench_torch import SHAPES, VOCAB, experiment, random_batches
+from common import BYTE_VOCAB, SHAPES, gpt_experiment, random_batches
 
 from gptjax.config import apply_overrides
 from gptjax.sharding import put_batch
@@ -36,14 +36,14 @@ def option_value(text: str):
 
 def build(shape, spec: str) -> dict:
     overrides, _, options = spec.partition(";")
-    cfg = experiment(*shape[1:])
+    cfg = gpt_experiment(*shape[1:], vocab=BYTE_VOCAB, data_parallel=1)
     if overrides != "base":
         cfg = apply_overrides(cfg, overrides.split(","))
     opts = dict((k, option_value(v)) for k, v in (kv.split("=", 1) for kv in options.split(","))) \
         if options else None
-    run = Run(cfg, VOCAB)
+    run = Run(cfg, BYTE_VOCAB)
     state = run.init()
-    batches = [put_batch(b, run.mesh) for b in random_batches(2, shape[5], shape[4])]
+    batches = [put_batch(b, run.mesh) for b in random_batches(2, shape[5], shape[4], high=256)]
     step = run.step.lower(state, batches[0]).compile(compiler_options=opts)
     return {"step": step, "state": state, "batches": batches, "wall": [], "cpu": []}
 

@@ -23,11 +23,9 @@ import platform
 import time
 
 import jax
-import numpy as np
-from common import RESULTS, write_json
+from common import RESULTS, gpt_experiment, random_batches, write_json
 
-from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
-from gptjax.data.packing import Batch
+from gptjax.config import Experiment
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.sharding import put_batch
 from gptjax.train import Run
@@ -35,26 +33,11 @@ from gptjax.train import Run
 GPT2_VOCAB = 50257
 
 
-def experiment(n_layer: int, n_head: int, n_embd: int, seq_len: int, batch: int, vocab: int,
-               dtype: str) -> Experiment:
-    return Experiment(
-        model=ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=seq_len, vocab_size=vocab,
-                          dropout=0.0, dtype=dtype),
-        data=DataConfig(seq_len=seq_len, batch_size=batch, document_mask=False),
-        optim=PRESETS["gpt3_adamw"], train=TrainConfig(compilation_cache_dir="", progress=False))
-
-
-def random_batch(batch: int, seq_len: int, vocab: int, seed: int) -> Batch:
-    tokens = np.random.default_rng(seed).integers(0, vocab, (batch, seq_len + 1), dtype=np.int32)
-    ones = np.ones((batch, seq_len), np.int32)
-    return Batch(tokens[:, :-1], tokens[:, 1:], ones.astype(np.float32), ones)
-
-
 def measure(cfg: Experiment, vocab: int, steps: int) -> dict:
     run = Run(cfg, vocab)
     state = run.init()
-    batches = [put_batch(random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab, s), run.mesh)
-               for s in range(2)]
+    batches = [put_batch(b, run.mesh) for b in random_batches(2, cfg.data.batch_size, cfg.data.seq_len,
+                                                                  high=vocab)]
     t = time.perf_counter()
     step = run.step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t
@@ -93,7 +76,7 @@ def main() -> None:
         shape = dict(n_layer=2, n_head=2, n_embd=128, seq_len=128, batch=args.batch, vocab=512)
     else:
         shape = dict(n_layer=12, n_head=12, n_embd=768, seq_len=1024, batch=args.batch, vocab=GPT2_VOCAB)
-    cfg = experiment(**shape, dtype="bfloat16")
+    cfg = gpt_experiment(**shape, dtype="bfloat16")
     result = measure(cfg, shape["vocab"], args.steps)
     mfu = "unknown peak" if result["mfu"] is None else f"MFU {result['mfu']:.1%}"
     print(f"{result['device_kind']} × {result['devices']}: {result['params']:,} parameters, "

@@ -30,39 +30,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # sleeping waits, which survives a loaded machine but makes its step 1.8x as long on an idle one.
 
 import jax
-import numpy as np
 import torch
-from common import RESULTS, write_json
+from common import BYTE_VOCAB, RESULTS, SHAPES, gpt_experiment, random_batches, write_json
 
-from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
+from gptjax.config import PRESETS, Experiment
 from gptjax.data.packing import Batch
 from gptjax.flops import flops_per_token, measured_cpu_peak
 from gptjax.sharding import put_batch
 from gptjax.train import Run
 
-VOCAB = 258  # gptjax's byte tokenizer: 256 bytes, end of text, padding
+VOCAB = BYTE_VOCAB
 OPTIM = PRESETS["gpt3_adamw"]
-# (name, layers, heads, width, sequence length, batch) from issue 10.
-SHAPES = [("small", 4, 4, 128, 64, 12), ("medium", 6, 6, 384, 256, 8)]
 
 
 def experiment(n_layer: int, n_head: int, n_embd: int, seq_len: int, batch: int) -> Experiment:
-    # document_mask off: plain causal attention over the whole row, as GPT2LMHeadModel computes it.
-    return Experiment(
-        model=ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=seq_len, vocab_size=VOCAB,
-                          dropout=0.0),
-        data=DataConfig(seq_len=seq_len, batch_size=batch, document_mask=False),
-        optim=OPTIM, train=TrainConfig(data_parallel=1, compilation_cache_dir="", progress=False))
-
-
-def random_batches(count: int, batch: int, seq_len: int, seed: int = 0) -> list[Batch]:
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        tokens = rng.integers(0, 256, (batch, seq_len + 1), dtype=np.int32)
-        ones = np.ones((batch, seq_len), np.int32)
-        batches.append(Batch(tokens[:, :-1], tokens[:, 1:], ones.astype(np.float32), ones))
-    return batches
+    return gpt_experiment(n_layer, n_head, n_embd, seq_len, batch, vocab=VOCAB, data_parallel=1)
 
 
 class JaxSide:
@@ -134,7 +116,7 @@ def summary(times: list[tuple[float, float]], steps: int, tokens_per_step: int, 
 def bench_shape(name, n_layer, n_head, n_embd, seq_len, batch, *, blocks: int, seconds: float,
                 peak: float) -> dict:
     cfg = experiment(n_layer, n_head, n_embd, seq_len, batch)
-    batches = random_batches(4, batch, seq_len)
+    batches = random_batches(4, batch, seq_len, high=256)  # byte ids, no special tokens
     sides = {"gptjax": JaxSide(cfg, batches), "torch": TorchSide(cfg, batches)}
     torch_params = sum(p.numel() for p in sides["torch"].model.parameters())  # tied: the head is wte
     if torch_params != sides["gptjax"].run.n_params:

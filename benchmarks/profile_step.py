@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 from ab_step import build
-from bench_torch import SHAPES
+from common import SHAPES
 
 # Trace events that wrap operations rather than being one (runtime, Python, the profiler itself).
 WRAPPERS = ("ThunkExecutor", "$", "PjitFunction", "CommonPjRt", "end: ", "ParseArguments", "Handle inputs",
