@@ -393,7 +393,8 @@ def validate_loss(lo: LossConfig) -> None:
     _check("kl" in lo.terms or not lo.teacher, "loss.teacher is set but loss.terms has no kl term")
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """An exception's first line of text, or its type's name if it has none: one-line errors."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
@@ -428,7 +429,7 @@ def apply_overrides(cfg: Experiment, overrides: list[str]) -> Experiment:
         merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(rest))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        message = _first_line(e)
+        message = first_line(e)
         if "not in" in message and "Did you mean" not in message:
             message += _suggestion(message)
         raise ConfigError(f"bad override: {message}") from None

@@ -110,20 +110,21 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
 
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
     from gptjax.models import abstract_params, tree_bytes
-    from gptjax.optimizers import build_optimizer, state_bytes
+    from gptjax.optimizers import STACKED_KEY, build_optimizer, state_bytes
 
     _, abstract = abstract_params(cfg.model)
     params = dict.fromkeys(COMPONENTS, 0)
     per_layer = dict.fromkeys(COMPONENTS, 0)
+    first = _first_stack(abstract)
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
         row = component(keys)
         params[row] += leaf.size
         # One layer of the first stack: unrolled stacks are keyed by layer index 0, 1, …; a scanned stack
         # carries the layer on its leading axis.
-        if keys[0] == "layers":
+        if keys[0] == STACKED_KEY:
             per_layer[row] += leaf.size // leaf.shape[0]
-        elif keys[0] in STACKS and keys[0] == _first_stack(abstract) and keys[1] == 0:
+        elif keys[0] == first and keys[1] == 0:
             per_layer[row] += leaf.size
     params["total"] = sum(params[c] for c in COMPONENTS)
     param_bytes = tree_bytes(abstract)

@@ -413,11 +413,11 @@ def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experim
 
     from gptjax.checkpoint import Checkpointer
     from gptjax.optimizers import build_optimizer
-    from gptjax.train import TrainState
+    from gptjax.train import fresh_state
 
     params = jax.tree_util.tree_map(jnp.asarray, params)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = fresh_state(params, tx)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     (workdir / f"{cfg.name}.py").write_text(EXPERIMENT_FILE.format(

@@ -133,9 +133,14 @@ def eval_step(params, batch, *, graphdef, cfg: Experiment, teacher=None):
     return metrics
 
 
+def fresh_state(params, tx) -> TrainState:
+    """Step 0: `params` with a freshly initialised optimizer state."""
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
 def init_state(seed: int, *, cfg: Experiment, tx) -> TrainState:
     _, params = split_params(build_model(cfg.model, seed))
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    return fresh_state(params, tx)
 
 
 class Run:
@@ -164,9 +169,7 @@ class Run:
         replicated = sharding.replicated(self.mesh)
         self.init = jax.jit(init, out_shardings=state_shardings)
         # Given parameters (train.init_from), a fresh optimizer state and step 0.
-        self.init_with = jax.jit(
-            lambda params: TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params)),
-            out_shardings=state_shardings)
+        self.init_with = jax.jit(functools.partial(fresh_state, tx=self.tx), out_shardings=state_shardings)
         self.init_from = None  # the checkpoint step train.init_from starts from, set by train()
         self.step = jax.jit(
             functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, cfg=cfg, teacher=self.teacher),
@@ -450,7 +453,7 @@ def restore_params(workdir: Path) -> tuple[Experiment, Any, Any]:
     cfg = from_dict(json.loads((workdir / "config.json").read_text()))
     graphdef, abstract = abstract_params(cfg.model)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
-    target = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract, jax.eval_shape(tx.init, abstract))
+    target = jax.eval_shape(functools.partial(fresh_state, tx=tx), abstract)
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
     restored = checkpointer.restore_latest(target)
     checkpointer.close()

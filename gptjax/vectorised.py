@@ -35,11 +35,11 @@ from gptjax.data import build_data, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.guards import Diverged, StopSignals, WorkdirLock
 from gptjax.metrics import MetricsWriter
-from gptjax.models import abstract_params, build_model, split_params
+from gptjax.models import abstract_params, build_model, split_params, tree_bytes
 from gptjax.objectives import build_objective_data
-from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
+from gptjax.optimizers import build_optimizer, build_schedule
 from gptjax.sweep import varying_fields
-from gptjax.train import Run, TrainState, resolve, step_loop, train_step
+from gptjax.train import Run, TrainState, fresh_state, resolve, step_loop, train_step
 
 
 def _factory(cfg: OptimConfig, total_steps: int):
@@ -78,8 +78,7 @@ def train_vectorised(cfgs: Sequence[Experiment], *, log_every: int = 1) -> dict[
     def init(hparams):
         # The same seed in every trial: identical initial parameters, as in separate runs.
         _, params = split_params(build_model(cfg.model, cfg.train.seed))
-        opt_state = optax.inject_hyperparams(_factory(cfg.optim, steps))(**hparams).init(params)
-        return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+        return fresh_state(params, optax.inject_hyperparams(_factory(cfg.optim, steps))(**hparams))
 
     step = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg)
     # The batch is shared (in_axes None): every trial sees the same data, as separate runs would.
@@ -119,15 +118,14 @@ class _Layout:
     vmapped one adds only the hyperparameters and step counts that no value depends on (a constant decay
     schedule's, inject_hyperparams' own), so the move is a relabelling of the same leaves."""
 
-    def __init__(self, cfg: Experiment, tx_injected, fields: Sequence[str], abstract_params_, replicated):
+    def __init__(self, cfg: Experiment, injected, fields: Sequence[str], abstract_params_, replicated):
         self.cfg = cfg
         self.tx = build_optimizer(cfg.optim, cfg.train.steps)
         self.hparams = {f: jnp.asarray(getattr(cfg.optim, f), jnp.float32) for f in fields}
-        shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p)),
-                                abstract_params_)
+        shapes = jax.eval_shape(functools.partial(fresh_state, tx=self.tx), abstract_params_)
         self.abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                                      shapes)
-        self.injected = jax.eval_shape(tx_injected.init, abstract_params_)
+        self.injected = injected  # the vmapped optimizer's abstract state, the same for every trial
         own = [(x.shape, x.dtype) for x in jax.tree.leaves(self.abstract.opt_state)]
         if own != [(x.shape, x.dtype) for x in self._moments(self.injected.inner_state)]:
             raise ConfigError(f"optimizer {cfg.optim.preset}: its state differs from the vmapped one's; "
@@ -138,7 +136,7 @@ class _Layout:
         return [x for x in jax.tree.leaves(inner, is_leaf=_is_decay_schedule) if not _is_decay_schedule(x)]
 
     def init(self, params) -> TrainState:
-        return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+        return fresh_state(params, self.tx)
 
     def to_vmapped(self, state: TrainState) -> TrainState:
         step = jnp.asarray(state.step, jnp.int32)
@@ -186,7 +184,8 @@ def train_group(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict
     cfgs = [resolve(c, data.tokenizer.vocab_size, n_classes) for c in cfgs]
     replicated = NamedSharding(run.mesh, P())
     tx = injected_optimizer(cfg.optim, fields, cfg.train.steps)
-    layouts = [_Layout(c, tx, fields, run.abstract_state.params, replicated) for c in cfgs]
+    injected = jax.eval_shape(tx.init, run.abstract_state.params)
+    layouts = [_Layout(c, injected, fields, run.abstract_state.params, replicated) for c in cfgs]
     with contextlib.ExitStack() as stack:
         for workdir in workdirs:
             stack.enter_context(WorkdirLock(workdir))
@@ -239,7 +238,7 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
     peak = peak * run.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)
     for writer, layout in zip(writers, layouts, strict=True):
-        opt_bytes = state_bytes(layout.tx, run.abstract_state.params)
+        opt_bytes = tree_bytes(layout.abstract.opt_state)
         writer.write(start, "setup", {"val_unigram_entropy": unigram, "params": run.n_params,
                                       "param_bytes": run.param_bytes, "opt_state_bytes": opt_bytes,
                                       "opt_state_bytes_per_param": opt_bytes / run.n_params,

@@ -5,7 +5,6 @@ NumPy computed from the models' own logits."""
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -379,10 +378,15 @@ def model_runner(model_cfg: ModelConfig):
 
 
 def step_loss(module, model, batch, cfg):
-    """(Σ coef · part / max(denominator, 1), as the train step computes it; parts; metrics)."""
+    """(the train step's own loss, `gptjax.train.loss_fn` with `gptjax.train.denominators`; the module's
+    parts; metrics; part counts)."""
+    from gptjax import train
+
+    graphdef, params = split_params(model)
+    total, _ = train.loss_fn(params, batch, None, graphdef=graphdef, cfg=cfg, deterministic=True,
+                             denominators=train.denominators(batch, cfg))
     parts, metrics = module.loss(model, batch, cfg=cfg, deterministic=True, rngs=None)
     dens = module.denominators(batch, cfg)
-    total = sum(coef * part / jnp.maximum(dens[name], 1.0) for name, (coef, part) in parts.items())
     return total, {name: part for name, (_, part) in parts.items()}, metrics, dens
 
 

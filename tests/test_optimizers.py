@@ -471,6 +471,21 @@ def test_mask_on_the_gpt_models_own_parameters():
     assert all(p in on for p in everything if p.endswith("['kernel']"))
 
 
+def test_mask_on_the_t5_models_own_parameters():
+    """T5's relative position tables, whatever the model calls them, are not decayed; its kernels and the
+    shared embedding are, its RMS-norm scales not."""
+    from gptjax.config import ModelConfig
+    from gptjax.models import abstract_params
+
+    _, params = abstract_params(ModelConfig(family="t5", n_layer=1, n_head=2, n_embd=16, context=8,
+                                            vocab_size=40))
+    on = decayed_paths(opt.decay_mask(params))
+    everything = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    relative_tables = {p for p, x in everything.items() if x.shape == (32, 2)}  # [buckets, heads]
+    assert len(relative_tables) == 2 and not relative_tables & on
+    assert on == {p for p in everything if p.endswith("['kernel']")} | {"['wte']['embedding']"}
+
+
 @pytest.mark.parametrize("kind, decayed", [("all", lambda k, x: True), ("none", lambda k, x: False)])
 def test_decay_mask_choice_reaches_the_optimizer(kind, decayed):
     params, grad_steps = problem(seed=4)

@@ -55,8 +55,7 @@ def test_gradient_accumulation_is_exact_with_several_loss_parts(objective):
     data = build_objective_data(cfg)
     cfg = resolve(cfg, data.tokenizer.vocab_size, getattr(data, "n_classes", 0))
     batch = jax.tree_util.tree_map(jnp.asarray, data.val_batches(1)[0])
-    _, params = split_params(build_model(cfg.model, 0))
-    graphdef, _ = split_params(build_model(cfg.model, 0))
+    graphdef, params = split_params(build_model(cfg.model, 0))
     results = []
     for k in (1, 2, 4):
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=k))

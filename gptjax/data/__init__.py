@@ -28,7 +28,7 @@ class LMData:
     (the packed int32 streams); `seq_len`, `batch_size`, `seed`; `windows_per_epoch`.
     """
 
-    def __init__(self, cfg: DataConfig, seed: int, tokenizer: ByteTokenizer, docs: Documents):
+    def __init__(self, cfg: DataConfig, seed: int, tokenizer: Tokenizer, docs: Documents):
         self.tokenizer = tokenizer
         self.train_docs, self.val_docs = docs.train, docs.val
         self.seq_len, self.batch_size, self.seed = cfg.seq_len, cfg.batch_size, seed

@@ -50,6 +50,23 @@ def renumber_segments(doc_BL: np.ndarray) -> np.ndarray:
     return np.where(doc_BL > 0, doc_BL - first_B1 + 1, 0).astype(np.int32)
 
 
+class EpochOrder:
+    """Indices into n items for each global training step: epoch e visits all n in the order of
+    `default_rng([seed, e]).permutation(n)`, batches of `batch_size` run on across epoch boundaries."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self._permutation = functools.lru_cache(maxsize=4)(
+            lambda epoch: np.random.default_rng([seed, epoch]).permutation(n))
+
+    def indices(self, step: int) -> np.ndarray:
+        """The `batch_size` indices of global batch `step`."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        g_B = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        return np.array([self._permutation(int(g // self.n))[g % self.n] for g in g_B], dtype=np.int64)
+
+
 class TrainWindows:
     """The training side: window starts per global step, and the batches they make."""
 

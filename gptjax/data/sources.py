@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gptjax.config import ConfigError, DataConfig
+from gptjax.config import ConfigError, DataConfig, first_line
 
 SPLIT_SEED = 1_234_567  # fixed on purpose: the validation split must not depend on train.seed
 
@@ -126,8 +126,7 @@ def _open_tfds(cfg: DataConfig, name: str):
     except tfds.core.DatasetNotFoundError:
         raise ConfigError(f"tfds dataset {name!r} not found in {data_dir}") from None
     except Exception as e:  # tfds raises ValueError, AssertionError, … with pages of help: keep line 1
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot load tfds dataset {name!r} from {data_dir}: {first}") from None
+        raise ConfigError(f"cannot load tfds dataset {name!r} from {data_dir}: {first_line(e)}") from None
     if not builder.is_prepared():
         raise ConfigError(f"tfds dataset {name!r} is not prepared in {data_dir}; prepare it with "
                           "download_and_prepare(file_format='array_record') (no download happens here)")

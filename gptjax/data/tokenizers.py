@@ -2,7 +2,7 @@
 
 Every tokenizer exposes `vocab_size`, `eot_id` (end of text, which also opens every document, so the
 model can be sampled from it), `pad_id` (fills short validation rows; its targets carry weight 0) and
-`special_ids` (every id that ordinary text never produces). Two are registered:
+`special_ids` (every id that ordinary text never produces). Three are registered:
 
 - `byte`: UTF-8 bytes; needs no training and no files, so any text is covered offline. It has no
   [CLS]/[SEP]/[MASK]/sentinels, so BERT, RoBERTa and T5 objectives need `bpe`.
@@ -10,6 +10,7 @@ model can be sampled from it), `pad_id` (fills short validation rows; its target
   representable and nothing is unknown) trained with HF `tokenizers` on the training split only, so
   no validation text leaks into the vocabulary. Its special tokens take the lowest ids, in the order
   of `BPE_SPECIAL_TOKENS`, with T5's 100 sentinels (Raffel et al. 2020) after BERT's four.
+- `hf`: a pre-trained checkpoint's tokenizer.json, as `import-hf` writes it into the workdir.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax.config import ConfigError, DataConfig
+from gptjax.config import ConfigError, DataConfig, first_line
 
 
 class ByteTokenizer:
@@ -158,8 +159,7 @@ class BpeTokenizer:
                 raise ValueError(f"not a {_FORMAT} file")
             return cls(HfTokenizer.from_str(json.dumps(payload["tokenizer"])), int(payload["vocab_size"]))
         except Exception as e:  # OSError, JSONDecodeError, or tokenizers' bare Exception with its parse error
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot load the BPE tokenizer {path}: {first}") from None
+            raise ConfigError(f"cannot load the BPE tokenizer {path}: {first_line(e)}") from None
 
     def __getstate__(self) -> dict:
         return {"tokenizer": self._hf.to_str(), "vocab_size": self.vocab_size}
@@ -174,9 +174,6 @@ class BpeTokenizer:
     def __repr__(self) -> str:
         return (f"BpeTokenizer(vocab_size={self.vocab_size}, learned={self._n_learned_end}, "
                 f"pad_id=0, eot_id=1, cls_id=2, sep_id=3, mask_id=4, sentinels 5..{4 + N_SENTINELS})")
-
-
-Tokenizer = ByteTokenizer | BpeTokenizer
 
 
 def _byte(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> ByteTokenizer:
@@ -196,7 +193,6 @@ def _bpe(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> B
     return BpeTokenizer.train(train_docs, cfg.tokenizer_vocab)
 
 
-# name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
 class HfTokenizer:
     """A Hugging Face `tokenizers` tokenizer.json (GPT-2, BERT, T5 checkpoints) behind gptjax's tokenizer
     interface: `vocab_size`, `eot_id`, `pad_id`, `special_ids`, `encode`, `decode`, and `cls_id` /
@@ -241,8 +237,7 @@ class HfTokenizer:
         except ConfigError:
             raise
         except Exception as e:  # tokenizers raises a bare Exception with its parse error
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot load the tokenizer {path}: {first}") from None
+            raise ConfigError(f"cannot load the tokenizer {path}: {first_line(e)}") from None
 
     def save(self, path: Path) -> None:
         """Write the tokenizer.json again (a run started with train.init_from keeps its own copy)."""
@@ -268,6 +263,9 @@ def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | No
     return HfTokenizer.load(cache)
 
 
+Tokenizer = ByteTokenizer | BpeTokenizer | HfTokenizer
+
+# name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
 TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = {
     "byte": _byte,
     "bpe": _bpe,

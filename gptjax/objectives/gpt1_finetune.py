@@ -14,16 +14,15 @@ example in order, the last batch padded with rows of label weight 0.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config import ConfigError, Experiment
 from gptjax.data.batches import ClassifyBatch
+from gptjax.data.packing import EpochOrder
 from gptjax.data.sources import Examples
-from gptjax.losses import score_parts
+from gptjax.losses import normalizer, score_parts
 from gptjax.metrics import summarize_parts
 
 
@@ -71,16 +70,11 @@ class ClassifyData:
         self.train = encode_examples(examples.train, tokenizer, d.seq_len)
         self.val = encode_examples(examples.val, tokenizer, d.seq_len)
         self.val_tokens = self.val.inputs[self.val.segment_ids > 0]
-        self._permutation = functools.lru_cache(maxsize=4)(
-            lambda epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.train.labels)))
+        self._order = EpochOrder(len(self.train.labels), self.batch_size, self.seed)
 
     def examples(self, step: int) -> np.ndarray:
         """Indices (into `train`) of the examples of global batch `step`."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        n = len(self.train.labels)
-        g_B = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        return np.array([self._permutation(int(g // n))[g % n] for g in g_B], dtype=np.int64)
+        return self._order.indices(step)
 
     def train_batch(self, step: int) -> ClassifyBatch:
         """Global batch `step`, [batch_size, seq_len]; the same for the same (seed, step), always."""
@@ -130,8 +124,7 @@ def loss(model, batch: ClassifyBatch, *, cfg: Experiment, deterministic: bool, r
 def denominators(batch: ClassifyBatch, cfg: Experiment) -> dict[str, jax.Array]:
     """The real examples (cls) and real LM targets (lm) of the whole global batch."""
     del cfg
-    return {"cls": jnp.sum(jnp.asarray(batch.label_weights, jnp.float32)),
-            "lm": jnp.sum(jnp.asarray(batch.weights, jnp.float32))}
+    return {"cls": normalizer(batch.label_weights), "lm": normalizer(batch.weights)}
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:

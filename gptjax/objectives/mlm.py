@@ -26,7 +26,6 @@ the same every call and for every training seed.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import NamedTuple
@@ -37,8 +36,9 @@ import numpy as np
 
 from gptjax.config import ConfigError, Experiment, ObjectiveConfig
 from gptjax.data.batches import MaskedBatch, stack_batches, stack_rows
+from gptjax.data.packing import EpochOrder
 from gptjax.data.sources import Documents
-from gptjax.losses import score_parts
+from gptjax.losses import normalizer, score_parts
 from gptjax.metrics import summarize_parts
 
 VAL_SEED = 7_654_321  # fixed on purpose: validation masks and pairs must not depend on train.seed
@@ -253,16 +253,11 @@ class MaskedData:
             self.train = StreamSequences(docs.train, tokenizer, d.seq_len, False, "training")
             self.val = StreamSequences(docs.val, tokenizer, d.seq_len, True, "validation")
         self.val_tokens = self.val.tokens
-        self._permutation = functools.lru_cache(maxsize=4)(
-            lambda epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.train)))
+        self._order = EpochOrder(len(self.train), self.batch_size, self.seed)
 
     def sequences(self, step: int) -> np.ndarray:
         """Indices (into `train`) of the sequences of global batch `step`."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        n = len(self.train)
-        g_B = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        return np.array([self._permutation(int(g // n))[g % n] for g in g_B], dtype=np.int64)
+        return self._order.indices(step)
 
     def _row(self, source, i: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         tokens_L, type_ids_L, label = source.example(i, rng)
@@ -318,9 +313,9 @@ def loss(model, batch: MaskedBatch, *, cfg: Experiment, deterministic: bool, rng
 
 def denominators(batch: MaskedBatch, cfg: Experiment) -> dict[str, jax.Array]:
     """The chosen positions (mlm) and, for mlm_nsp, the NSP-scored rows of the whole global batch."""
-    out = {"mlm": jnp.sum(jnp.asarray(batch.weights, jnp.float32))}
+    out = {"mlm": normalizer(batch.weights)}
     if cfg.objective.name == "mlm_nsp":
-        out["nsp"] = jnp.sum(jnp.asarray(batch.nsp_weights, jnp.float32))
+        out["nsp"] = normalizer(batch.nsp_weights)
     return out
 
 

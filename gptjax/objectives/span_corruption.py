@@ -24,14 +24,13 @@ and the encoder attends across it. Example b of global batch `step` draws its ma
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config import ConfigError, Experiment
 from gptjax.data.batches import Seq2SeqBatch, stack_batches, stack_rows
 from gptjax.data.packing import TrainWindows, pack_documents
 from gptjax.data.sources import Documents
-from gptjax.losses import score_parts
+from gptjax.losses import normalizer, score_parts
 from gptjax.metrics import summarize_parts
 from gptjax.objectives.mlm import VAL_SEED
 
@@ -173,7 +172,7 @@ def loss(model, batch: Seq2SeqBatch, *, cfg: Experiment, deterministic: bool, rn
 def denominators(batch: Seq2SeqBatch, cfg: Experiment) -> dict[str, jax.Array]:
     """The real target tokens of the whole global batch."""
     del cfg
-    return {"ce": jnp.sum(jnp.asarray(batch.weights, jnp.float32))}
+    return {"ce": normalizer(batch.weights)}
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
