@@ -106,7 +106,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     if devices < 1:
         raise ConfigError(f"--devices must be positive, got {devices}")
     cfg = resolved_vocab(cfg)
-    import jax
+    from flax.traverse_util import flatten_dict
 
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
     from gptjax.models import abstract_params, tree_bytes
@@ -116,8 +116,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     params = dict.fromkeys(COMPONENTS, 0)
     per_layer = dict.fromkeys(COMPONENTS, 0)
     first = _first_stack(abstract)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+    for keys, leaf in flatten_dict(abstract).items():
         row = component(keys)
         params[row] += leaf.size
         # One layer of the first stack: unrolled stacks are keyed by layer index 0, 1, …; a scanned stack

@@ -335,7 +335,7 @@ def _join(how: str, parts: list[np.ndarray]) -> np.ndarray:
 def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: ModelConfig) -> dict:
     """The pure params dict of `model` (the `split_params` layout) from HF tensors; ConfigError naming the
     first missing, misshapen, contradictory or unused tensor."""
-    import jax
+    from flax.traverse_util import flatten_dict, unflatten_dict
 
     from gptjax.models import abstract_params
 
@@ -359,21 +359,18 @@ def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: Mode
         raise ConfigError(f"tensor {sorted(unused)[0]} of the checkpoint is not used by the gptjax "
                           f"{model.family} model ({len(unused)} unused in all)")
     _, abstract = abstract_params(model)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    out = []
-    for path, leaf in leaves:
-        key = tuple(getattr(k, "key", k) for k in path)
+    out = {}
+    for key, leaf in flatten_dict(abstract).items():
         name = ".".join(map(str, key))
         if key not in flat:
             raise ConfigError(f"no checkpoint tensor maps to gptjax parameter {name}")
-        value = flat.pop(key)
-        if value.shape != leaf.shape:
+        out[key] = flat.pop(key)
+        if out[key].shape != leaf.shape:
             raise ConfigError(f"gptjax parameter {name} has shape {leaf.shape}, the checkpoint gives "
-                              f"{value.shape}")
-        out.append(value)
+                              f"{out[key].shape}")
     if flat:  # a table row for a parameter the model does not have: a bug in the table, not user input
         raise AssertionError(f"rows for unknown parameters: {sorted(flat)}")
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return unflatten_dict(out)
 
 
 # Written beside the checkpoint so the imported model is an experiment like any other: `train` resumes from
@@ -463,7 +460,7 @@ def _hf_config(m: ModelConfig) -> dict[str, Any]:
 def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
     """Write a gptjax workdir's latest parameters as an HF directory (config.json + model.safetensors,
     and tokenizer.json if the workdir has one) that `from_pretrained` loads; the inverse of `import_hf`."""
-    import jax
+    from flax.traverse_util import flatten_dict
     from safetensors.numpy import save_file
 
     from gptjax.train import restore_params
@@ -475,8 +472,7 @@ def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
     if m.activation not in _REVERSE_ACTIVATIONS or (m.family == "t5" and m.activation != "relu"):
         raise ConfigError(f"model.activation={m.activation} has no {m.family} equivalent in transformers")
     family = FAMILIES[_hf_config(m)["model_type"]]
-    flat = {tuple(getattr(k, "key", k) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {key: np.asarray(leaf) for key, leaf in flatten_dict(params).items()}
     tensors = {}
     for row in family.tensors(m):
         value = flat[row.path]
