@@ -93,13 +93,13 @@ class OptimConfig:
     adafactor_relative_step: bool = True  # step = lr·max(ε2, RMS(θ)); False: lr is the absolute step
 
 
-# SPEC §2. The forum's numbers are the mission: the five presets without a suffix carry exactly its table
+# docs/optimizers.md, "Presets". The five presets without a suffix carry exactly the forum's table
 # and nothing it does not state (constant schedule, no warmup, no clipping); override the rest per run.
 # The `_paper` presets are what the papers' authors ran: the paper's numbers, and where a paper is silent
 # or ambiguous (ε, clipping, coupling of the decay) their released code, cited line by line.
 # Every preset decays the ndim >= 2 parameters except position embeddings (docs/optimizers.md).
 PRESETS: dict[str, OptimConfig] = {
-    # Forum table (SPEC §2).
+    # Forum table (docs/optimizers.md, "Presets").
     "bert_adam": OptimConfig("bert_adam", "adam_l2", lr=2e-5, b1=0.9, b2=0.999, eps=1e-6,
                              weight_decay=0.01),
     "roberta_adam": OptimConfig("roberta_adam", "adam_l2", lr=1e-4, b1=0.9, b2=0.98, eps=1e-6,
@@ -189,7 +189,7 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """What the model is trained to predict (SPEC §1); each name is a file in `gptjax/objectives/`."""
+    """What the model is trained to predict; each name is a file in `gptjax/objectives/`."""
 
     name: str = "causal_lm"  # causal_lm | gpt1_finetune | mlm_nsp | mlm | span_corruption
     # mlm_nsp / mlm (Devlin et al. 2019, §3.1): rate of non-special tokens chosen, and what they become.
@@ -213,7 +213,7 @@ CHUNKED = ("auto", "always", "never")  # not on/off: YAML would read those as bo
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The objective's loss as a weighted sum of named terms (README "Losses"), each logged on its own."""
+    """The loss as a weighted sum of named terms, each logged (docs/objectives-and-losses.md)."""
 
     # name → coefficient; on the command line `loss.terms={ce: 1.0, z: 1e-4}` replaces the whole dict,
     # `loss.terms.z=1e-4` adds or changes one term. Known: LOSS_TERMS.

@@ -69,12 +69,16 @@ def broken_links(path: Path) -> list[str]:
 
 def test_every_relative_link_resolves():
     problems = [p for f in markdown_files() for p in broken_links(f)]
+    for path in markdown_files():
+        for number, line in prose_lines(path, keep_code=True):
+            problems += [f"{path.relative_to(ROOT)}:{number}: {m.group(0)} (outside the repository)"
+                         for m in OUTSIDE.finditer(line)]
     assert not problems, "\n".join(problems)
 
 
 def test_the_checker_catches_a_missing_file_and_a_missing_heading(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    (tmp_path / "other.md").write_text("# Real heading\n\n## Tokenizers (`data.tokenizer`)\n## Real heading\n")
+    (tmp_path / "other.md").write_text("# Real heading\n## Tokenizers (`data.tokenizer`)\n## Real heading\n")
     page = tmp_path / "page.md"
     page.write_text("[a](other.md#real-heading) [b](other.md#tokenizers-datatokenizer) "
                     "[c](other.md#real-heading-1) [d](https://example.com/x.md)\n"
