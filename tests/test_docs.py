@@ -95,6 +95,7 @@ def test_readme_is_a_front_page():
 
 # A document the code names: a page of docs/ or benchmarks/, or a SPEC/DESIGN document outside the repo.
 NAMED_DOC = re.compile(r"(?<![\w/.])(?:docs|benchmarks)/[\w./-]*\.md\b")
+NAMED_SECTION = re.compile(r"((?:docs|benchmarks)/[\w./-]*\.md),? \"([^\"]+)\"")
 OUTSIDE = re.compile(r"\bSPEC\b\s*§|\b" + "DES" + r"IGN\.md\b|\b" + "SP" + r"EC\.md\b")
 
 
@@ -109,4 +110,7 @@ def test_code_names_only_documents_in_the_repository(folder):
             for name in NAMED_DOC.findall(line):
                 if not (ROOT / name).exists():
                     problems.append(f"{where}: {name} (no such file)")
+            for name, heading in NAMED_SECTION.findall(line):  # a page and its heading in quotes
+                if (ROOT / name).exists() and slug(heading) not in anchors(ROOT / name):
+                    problems.append(f"{where}: {name} has no heading {heading!r}")
     assert not problems, "\n".join(problems)
