@@ -20,7 +20,7 @@ from gptjax.config import ConfigError
 from gptjax.data import build_data
 from gptjax.guards import EXIT_PREEMPTED, Diverged, WorkdirLock
 from gptjax.metrics import read_metrics
-from gptjax.train import Run, load_for_inference, train
+from gptjax.train import build_steps, load_for_inference, resolve, train
 from tests.conftest import TINY_FILE, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def _wait_for_step(workdir, step, proc, timeout=120):
 
 
 def _final_params(workdir):
-    return jax.tree_util.tree_leaves(jax.device_get(load_for_inference(workdir)[1]))
+    return jax.tree_util.tree_leaves(jax.device_get(load_for_inference(workdir)[2]))
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_kill_9_three_times_then_resume_is_bit_identical_to_an_uninterrupted_run
 def test_a_non_finite_step_is_not_applied_and_is_counted():
     cfg = tiny_experiment()
     data = build_data(cfg.data, 0)
-    run = Run(cfg, data.tokenizer.vocab_size)
+    run = build_steps(resolve(cfg, data.tokenizer.vocab_size))
     state = run.init()
     before = jax.device_get(state.params)
     batch = data.train_batch(0)

@@ -19,8 +19,7 @@ def _train_losses(workdir):
 
 
 def _params(workdir):
-    _, params, _ = load_for_inference(workdir)
-    return jax.device_get(params)
+    return jax.device_get(load_for_inference(workdir)[2])
 
 
 def test_a_run_writes_every_output_and_learns(tmp_path):
@@ -110,7 +109,7 @@ def test_gradient_accumulation_equals_one_larger_batch():
 
     from gptjax import sharding
     from gptjax.data import build_data
-    from gptjax.train import Run, gradients
+    from gptjax.train import build_steps, gradients, resolve
 
     results = []
     for k in (1, 4):
@@ -120,7 +119,7 @@ def test_gradient_accumulation_equals_one_larger_batch():
         rows = -(-(len(data.val_tokens) - 1) // cfg.data.seq_len)
         batch = data.val_batches(rows // cfg.data.batch_size + 1)[-1]
         assert 0 < batch.weights.sum() < batch.weights.size
-        run = Run(cfg, data.tokenizer.vocab_size)
+        run = build_steps(resolve(cfg, data.tokenizer.vocab_size))
         state, batch = run.init(), sharding.put_batch(batch, run.mesh)
         grad_fn = jax.jit(functools.partial(gradients, graphdef=run.graphdef, cfg=run.cfg))
         grads, _ = grad_fn(state.params, batch, jax.random.key(0))
@@ -135,7 +134,8 @@ def test_gradient_accumulation_equals_one_larger_batch():
         np.testing.assert_allclose(metrics_k[key], metrics_1[key], rtol=1e-5)
 
 
-def test_the_compilation_cache_lets_a_repeated_run_skip_compiling(tmp_path):
+def test_the_compilation_cache_serves_a_repeated_run(tmp_path):
+    """The second run finds every program in the cache: it adds no entry (timing is a benchmark's job)."""
     import os
     import subprocess
     import sys
@@ -145,16 +145,15 @@ def test_the_compilation_cache_lets_a_repeated_run_skip_compiling(tmp_path):
     experiment = tmp_path / "tinyrun.py"
     experiment.write_text(TINY_FILE)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    compile_s = []
+    entries = []
     for run in ("first", "second"):
         cache = f"train.compilation_cache_dir={tmp_path / 'cache'}"
         subprocess.run([sys.executable, "-m", "gptjax", "train", str(experiment), "--workdir",
                         str(tmp_path / run), "train.steps=2", cache],
                        env=env, check=True, capture_output=True, timeout=300)
-        setup = [r for r in read_metrics(tmp_path / run) if r["split"] == "setup"][0]
-        compile_s.append(setup["compile_s"])
-    assert any((tmp_path / "cache").iterdir())
-    assert compile_s[1] < compile_s[0] / 2, compile_s
+        assert [r["step"] for r in read_metrics(tmp_path / run) if r["split"] == "train"] == [1, 2]
+        entries.append(sorted(p.name for p in (tmp_path / "cache").iterdir()))
+    assert entries[0] and entries[1] == entries[0]
 
 
 def test_bfloat16_compute_still_learns(tmp_path):
