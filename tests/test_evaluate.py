@@ -80,3 +80,18 @@ def test_eval_command(workdir, capsys, tmp_path):
     assert main(["eval", str(workdir), "--window", "65"]) == 2
     assert "--window must be in [1, 64]" in capsys.readouterr().err
     assert main(["eval", str(workdir), "--window", "16", "--stride", "17"]) == 2
+
+
+@pytest.mark.parametrize("command", [["eval", "--window", "16"], ["sample", "--max-new-tokens", "4"]])
+def test_a_closed_pipe_ends_the_command_quietly(workdir, command):
+    """`python -m gptjax eval … | head -1` or `sample … | true`: the reader is gone before the output is
+    written, and the command exits 0 without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "gptjax", command[0], str(workdir), *command[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `| true` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err

@@ -90,10 +90,16 @@ def test_a_workdir_of_another_model_is_refused_and_left_alone(tmp_path):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_sample_command_reads_a_workdir(tmp_path, capsys):
+def test_sample_command_reads_a_workdir(tmp_path, capsys, monkeypatch):
     cfg = tiny_experiment(steps=2, eval_every=2, checkpoint_every=2)
     train(cfg, tmp_path, log=lambda *_: None)
     capsys.readouterr()
+
+    def no_optimizer(*_):
+        raise AssertionError("inference built an optimizer")
+
+    monkeypatch.setattr("gptjax.optimizers.build_optimizer", no_optimizer)  # parameters only
+    monkeypatch.setattr("gptjax.train.build_optimizer", no_optimizer)
     assert main(["sample", str(tmp_path), "--prompt", "def ", "--max-new-tokens", "12",
                  "--temperature", "0"]) == 0
     out = capsys.readouterr().out
@@ -176,3 +182,29 @@ def test_scanned_layers_with_dropout_and_remat_train(tmp_path):
     first = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"][0]
     assert result["val"]["loss"] < first
     assert "layers" in _params(tmp_path) and "blocks" not in _params(tmp_path)
+
+
+def test_a_parameters_only_checkpoint_trains_on_with_a_fresh_optimizer(tmp_path):
+    """What import-hf leaves (parameters at step 0, no optimizer state): `train` there creates the
+    optimizer state and trains exactly as a run that started from those parameters."""
+    from gptjax.checkpoint import Checkpointer
+    from gptjax.data import build_data
+    from gptjax.train import build_steps, resolve
+
+    cfg = tiny_experiment(steps=4, eval_every=4, log_every=1, checkpoint_every=4)
+    train(cfg, tmp_path / "straight", log=lambda *_: None)
+    params = build_steps(resolve(cfg, build_data(cfg.data, 0).tokenizer.vocab_size)).init_params()
+    (tmp_path / "imported").mkdir()
+    (tmp_path / "imported" / "config.json").write_text((tmp_path / "straight" / "config.json").read_text())
+    checkpointer = Checkpointer(tmp_path / "imported" / "checkpoints", 5)
+    checkpointer.save(0, {"params": params}, {"step": 0, "data_position": 0, "seed": 0})
+    checkpointer.close()
+    assert not (tmp_path / "imported" / "checkpoints" / "0" / "opt_state").exists()
+    messages = []
+    train(cfg, tmp_path / "imported", log=messages.append)
+    assert any("resumed from step 0" in m for m in messages), messages
+    assert _train_losses(tmp_path / "imported") == _train_losses(tmp_path / "straight")
+    assert (tmp_path / "imported" / "checkpoints" / "4" / "opt_state").is_dir()
+    for a, b in zip(jax.tree_util.tree_leaves(_params(tmp_path / "imported")),
+                    jax.tree_util.tree_leaves(_params(tmp_path / "straight")), strict=True):
+        np.testing.assert_array_equal(a, b)
