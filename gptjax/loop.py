@@ -121,7 +121,10 @@ class Progress:
         self.bar.update(1)
 
     def write(self, line: str) -> None:
-        self.bar.write(line) if not self.bar.disable else self.log(line)
+        if self.bar.disable:
+            self.log(line)
+        else:
+            self.bar.write(line)
 
     def close(self) -> None:
         self.bar.close()
