@@ -11,6 +11,7 @@ hold a separate run's layout (`Layout`), so a trial resumes, samples and reports
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -64,13 +65,17 @@ def injected_optimizer(cfg: OptimConfig, fields: Sequence[str], total_steps: int
     return optax.inject_hyperparams(factory)(**{f: getattr(cfg, f) for f in fields})
 
 
-# The state of a weight decay given as a schedule, as `injected_optimizer` gives it: a step count that
-# the constant schedule ignores, and that a separate run's constant decay does not keep.
-_DECAY_SCHEDULE_STATE = type(optax.add_decayed_weights(lambda count: 0.0).init({}))
+@functools.cache
+def _decay_schedule_state() -> type:
+    # The state of a weight decay given as a schedule, as `injected_optimizer` gives it: a step count
+    # that the constant schedule ignores, and that a separate run's constant decay does not keep. Found
+    # on first use, not at import: building it starts the JAX backend, which a multi-host job must
+    # first join (jax.distributed.initialize).
+    return type(optax.add_decayed_weights(lambda count: 0.0).init({}))
 
 
 def _is_decay_schedule(x) -> bool:
-    return isinstance(x, _DECAY_SCHEDULE_STATE)
+    return isinstance(x, _decay_schedule_state())
 
 
 def _moments(inner) -> list:
