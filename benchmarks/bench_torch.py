@@ -7,7 +7,7 @@ tanh GELU, LayerNorm ε 1e-5, learned positions), float32, plain causal attentio
 gpt3_adamw preset's hyperparameters (lr 2.5e-4, β 0.9/0.95, ε 1e-8, decoupled decay 0.01 on the ndim ≥ 2
 weights except the position table). Each side runs a full train step: forward, backward, optimizer update.
 
-gptjax runs its real train step (`gptjax.train.Run`, one CPU device, the metrics it logs included);
+gptjax runs its real train step (`gptjax.train.build_steps`, one CPU device, the metrics it logs included);
 PyTorch runs eager with `torch.set_num_threads` set to the cores JAX uses, on the same random batches.
 After a warm-up, blocks of steps alternate (gptjax, PyTorch, gptjax, …) so that load from other processes
 hits both alike; the figures are medians over blocks, with the spread (min, max) beside them. MFU is model
@@ -37,7 +37,7 @@ from gptjax.config import PRESETS, Experiment
 from gptjax.data.packing import Batch
 from gptjax.flops import flops_per_token, measured_cpu_peak
 from gptjax.sharding import put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve
 
 VOCAB = BYTE_VOCAB
 OPTIM = PRESETS["gpt3_adamw"]
@@ -49,7 +49,7 @@ def experiment(n_layer: int, n_head: int, n_embd: int, seq_len: int, batch: int)
 
 class JaxSide:
     def __init__(self, cfg: Experiment, batches: list[Batch]):
-        self.run = Run(cfg, VOCAB)
+        self.run = build_steps(resolve(cfg, VOCAB))
         self.state = self.run.init()
         self.batches = [put_batch(b, self.run.mesh) for b in batches]
         self.step_fn = self.run.step.lower(self.state, self.batches[0]).compile()

@@ -6,6 +6,7 @@ Config problems are found before JAX is imported and reported as one line on std
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,14 +58,15 @@ def _sample(args: argparse.Namespace) -> int:
     import dataclasses
 
     from gptjax.config import validate
-    from gptjax.train import load_for_inference, sample_text
+    from gptjax.generate import sample_text
+    from gptjax.train import load_for_inference
 
-    run, params, tokenizer = load_for_inference(workdir)
+    cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     changes = {k: v for k, v in (("prompt", args.prompt), ("max_new_tokens", args.max_new_tokens),
                                  ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("top_p", args.top_p)) if v is not None}
-    run.cfg = validate(dataclasses.replace(run.cfg, sample=dataclasses.replace(run.cfg.sample, **changes)))
-    print(sample_text(run, params, tokenizer, args.seed))
+    cfg = validate(dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **changes)))
+    print(sample_text(cfg, graphdef, params, tokenizer, args.seed))
     return 0
 
 
@@ -84,15 +86,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
     from gptjax.evaluate import windowed_perplexity
-    from gptjax.train import load_for_inference
+    from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
-    run, params, tokenizer = load_for_inference(workdir)
+    cfg, graphdef, params, tokenizer = load_for_inference(workdir)
+    teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
+    evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
     if args.text:
         docs, what = [Path(args.text).read_text()], args.text
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
-    result = windowed_perplexity(run, params, stream_S, doc_S if cfg.data.document_mask else None,
+    result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
                                  window=window, stride=stride, pad_id=tokenizer.pad_id,
                                  rows=cfg.data.batch_size)
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
@@ -140,7 +144,8 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     cfg = import_hf(Path(args.hf_dir), Path(args.workdir), args.overrides)
     print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
-          f"d {cfg.model.n_embd}) into {args.workdir}: step 0, optimizer {cfg.optim.preset}")
+          f"d {cfg.model.n_embd}) into {args.workdir}: parameters at step 0; the first train there "
+          f"creates the {cfg.optim.preset} optimizer state")
     return 0
 
 
@@ -222,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`… | head -1`): what it wanted was written. Later writes (the
+        # interpreter's last flush) go nowhere instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -69,13 +69,6 @@ def _lookup(registry: dict, what: str, name: str) -> Any:
     if name not in registry:
         raise ConfigError(f"unknown {what} {name!r}; known: {', '.join(registry)}")
     return registry[name]
-
-
-def decay_mask(params: Any, kind: str = "ndim>=2") -> Any:
-    """Pytree of bools shaped like `params`, True for the leaves that get weight decay under mask `kind`
-    (`MASKS`: "ndim>=2", the default, decays tensors of two or more dimensions except position
-    embeddings; "all"; "none")."""
-    return _lookup(MASKS, "optim.decay_mask", kind)(params)
 
 
 def _warmup(cfg: OptimConfig, t: jax.Array) -> jax.Array:
@@ -153,6 +146,10 @@ class AdamL2:
     leaves, then m and v are the usual bias-corrected moments of that g and θ ← θ − lr_t·m̂/(√v̂ + ε). The
     decay term passes through the adaptive scaling, so large-v weights are barely decayed."""
 
+    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
+    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
+
     b1: float
     b2: float
     eps: float
@@ -174,6 +171,10 @@ class AdamW:
     decay beside the Adam step and outside its moments. As in optax.adamw and PyTorch, lr_t is the
     scheduled learning rate itself, so the decay per step is lr_t·wd (the paper scales wd by the schedule
     multiplier only)."""
+
+    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
+    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
 
     b1: float
     b2: float
@@ -215,6 +216,9 @@ class Adafactor:
     m ← β1·m + (1 − β1)·α_t·Û without bias correction, as in tensor2tensor and Mesh TensorFlow. β2 is
     either constant with Adam's bias correction or the paper's 1 − t^(−c); weight decay, if any, is
     decoupled: θ ← θ − lr_t·wd·θ."""
+
+    # b1, b2 and the decay are read in Python (momentum on or off, log β2, decay on or off): lr alone.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr",)
 
     b1: float
     b2: float
@@ -276,8 +280,8 @@ def build_rule(cfg: OptimConfig) -> Rule:
 def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The whole optax chain for `cfg`: clip the gradient's global norm to `grad_clip` (if > 0, before
     anything else, so the L2 term of adam_l2 is not clipped), then the update rule with the learning rate
-    of `build_schedule(cfg, total_steps)` and weight decay on the leaves of `decay_mask(params,
-    cfg.decay_mask)`."""
+    of `build_schedule(cfg, total_steps)` and weight decay on the leaves `MASKS[cfg.decay_mask]` marks
+    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
     tx = build_rule(cfg).build(schedule, mask_fn)

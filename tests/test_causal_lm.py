@@ -17,7 +17,7 @@ from gptjax.data import build_data
 from gptjax.metrics import read_metrics
 from gptjax.models import build_model, split_params
 from gptjax.objectives.causal_lm import causal_lm_loss, use_chunked
-from gptjax.train import Run, gradients, resolve, train
+from gptjax.train import build_steps, gradients, resolve, train
 from tests.conftest import tiny_experiment
 
 
@@ -91,7 +91,7 @@ def test_sum_normalisation_is_exact_under_gradient_accumulation():
     results = []
     for k in (1, 2):
         cfg = dataclasses.replace(tiny_experiment(grad_accum=k), loss=LossConfig(normalization="sum"))
-        run = Run(cfg, 258)
+        run = build_steps(resolve(cfg, 258))
         batch = _batch(run.cfg)
         batch = batch._replace(weights=batch.weights * (np.arange(8) != 3)[:, None])  # an empty row
         grad_fn = jax.jit(functools.partial(gradients, graphdef=run.graphdef, cfg=run.cfg))

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from gptjax import cli
+from gptjax.checkpoint import restore_params
 from gptjax.config import ConfigError
 from gptjax.data.tokenizers import HfTokenizer
 from gptjax.describe import describe
 from gptjax.interop import export_hf, import_hf
 from gptjax.losses import cross_entropy
-from gptjax.train import restore_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

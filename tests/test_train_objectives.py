@@ -77,8 +77,8 @@ def test_init_from_copies_the_pretrained_gpt_and_adds_a_fresh_head(tmp_path):
     train(cfg, tmp_path / "ft")
     from gptjax.train import load_for_inference
 
-    _, before, _ = load_for_inference(tmp_path / "pre")
-    _, after, _ = load_for_inference(tmp_path / "ft")
+    before = load_for_inference(tmp_path / "pre")[2]
+    after = load_for_inference(tmp_path / "ft")[2]
     np.testing.assert_allclose(after["wte"]["embedding"], before["wte"]["embedding"], rtol=1e-6)
     np.testing.assert_allclose(after["blocks"][1]["mlp"]["c_fc"]["kernel"],
                                before["blocks"][1]["mlp"]["c_fc"]["kernel"], rtol=1e-6)
