@@ -1,12 +1,7 @@
 """Optimizers against NumPy written from the papers: Adam with coupled L2 and AdamW (Kingma & Ba 2015;
 Loshchilov & Hutter 2019), Adafactor (Shazeer & Stern 2018), the schedules, the weight-decay mask, and
-<<<<<<< ours
 every preset's numbers as the forum's table says. Comparisons run in float64 (`jax.enable_x64`) so that a
 mismatch of any one hyperparameter shows far above rounding."""
-=======
-every preset's numbers as the forum's optimizer table states them. Comparisons run in float64
-(`jax.enable_x64`) so that a mismatch of any one hyperparameter shows far above rounding."""
->>>>>>> theirs
 
 import dataclasses
 import math
@@ -21,14 +16,8 @@ from gptjax import config
 from gptjax import optimizers as opt
 from gptjax.config import PRESETS, ConfigError, Experiment, OptimConfig, apply_overrides, validate
 
-<<<<<<< ours
 # The forum's table, typed again, not read from PRESETS: rule, lr, β1, β2, ε, weight decay, then what the
 # forum leaves out (schedule, warmup, min_lr_ratio, grad_clip, rsqrt τ) and Adafactor's own settings.
-=======
-# The forum's table, typed here again rather than read from PRESETS: rule, lr, β1, β2, ε, weight decay,
-# then what the forum leaves out (schedule, warmup, min_lr_ratio, grad_clip, rsqrt τ) and Adafactor's own
-# settings.
->>>>>>> theirs
 FORUM = dict(schedule="constant", warmup=0, min_lr_ratio=0.0, clip=0.0, tau=10_000)
 ADAFACTOR = dict(exponent=0.0, eps2=1e-3, d=1.0, factor_min_dim=128, relative=True)
 EXPECTED = {
