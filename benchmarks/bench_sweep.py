@@ -29,7 +29,7 @@ from common import RESULTS, write_json
 
 from gptjax.config import load_experiment
 from gptjax.data import build_data
-from gptjax.metrics import read_metrics
+from gptjax.metrics import objective_loss, read_metrics
 from gptjax.train import Run
 from gptjax.vectorised import train_vectorised
 
@@ -83,7 +83,7 @@ def sequential(cfgs, steps):
         losses = []
         for k in range(steps):
             state, metrics = step(state, data.train_batch(k))
-            losses.append(metrics["loss_sum"] / metrics["weight"])
+            losses.append(objective_loss(metrics))
         losses_TS.append(np.asarray(jax.device_get(losses)))
     return np.stack(losses_TS), time.perf_counter() - t0
 

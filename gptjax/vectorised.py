@@ -34,7 +34,7 @@ from gptjax.config import ConfigError, Experiment, OptimConfig, to_dict
 from gptjax.data import build_data, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.guards import Diverged, StopSignals, WorkdirLock
-from gptjax.metrics import MetricsWriter
+from gptjax.metrics import MetricsWriter, objective_loss
 from gptjax.models import abstract_params, build_model, split_params, tree_bytes
 from gptjax.objectives import build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule
@@ -94,7 +94,7 @@ def train_vectorised(cfgs: Sequence[Experiment], *, log_every: int = 1) -> dict[
         states, metrics = compiled(states, data.train_batch(i))
         if pending is not None:  # fetched one step late, so the host never waits on the device
             losses.append(np.asarray(pending))
-        pending = metrics["loss_sum"] / metrics["weight"] if (i + 1) % log_every == 0 else None
+        pending = objective_loss(metrics) if (i + 1) % log_every == 0 else None
     if pending is not None:
         losses.append(np.asarray(pending))
     jax.block_until_ready(states)

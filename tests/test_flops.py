@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from gptjax.config import ModelConfig, ObjectiveConfig
-from gptjax.data.batches import MaskedBatch, Seq2SeqBatch
-from gptjax.data.packing import Batch
+from gptjax.data.batches import Batch, MaskedBatch, Seq2SeqBatch
+from gptjax.data.spans import span_lengths
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.metrics import read_metrics
 from gptjax.models import build_model, split_params
 from gptjax.objectives import OBJECTIVES
-from gptjax.objectives.span_corruption import corrupted_lengths, raw_length
 from gptjax.train import train
 from tests.conftest import tiny_experiment
 
@@ -50,9 +49,7 @@ def batch_for(cfg, seq_len: int):
         return Batch(ones, ones, weights, ones)
     if cfg.objective.name == "mlm":
         return MaskedBatch(ones, ones, weights, ones, zeros, np.zeros(B, np.int32), np.zeros(B, np.float32))
-    ob = cfg.objective
-    t = corrupted_lengths(raw_length(seq_len, ob.noise_density, ob.mean_span_length), ob.noise_density,
-                          ob.mean_span_length)[1]
+    t = span_lengths(seq_len, cfg.objective.noise_density, cfg.objective.mean_span_length)[1]
     dec = np.ones((B, t), np.int32)
     return Seq2SeqBatch(ones, ones, dec, dec, np.ones((B, t), np.float32), dec)
 

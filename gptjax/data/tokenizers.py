@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax.config import ConfigError, DataConfig, first_line
+from gptjax.config import ConfigError, DataConfig, TokenizerKind, first_line, registry
 
 
 class ByteTokenizer:
@@ -272,11 +272,8 @@ def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | No
 Tokenizer = ByteTokenizer | BpeTokenizer | HfTokenizer
 
 # name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
-TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = {
-    "byte": _byte,
-    "bpe": _bpe,
-    "hf": hf_tokenizer,
-}
+TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = registry(
+    TokenizerKind, {"byte": _byte, "bpe": _bpe, "hf": hf_tokenizer})
 
 
 def build_tokenizer(cfg: DataConfig, train_docs: list[str] | None = None,
