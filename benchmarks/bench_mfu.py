@@ -27,6 +27,7 @@ from common import RESULTS, gpt_experiment, random_batches, write_json
 
 from gptjax.config import Experiment
 from gptjax.flops import flops_per_token, peak_flops
+from gptjax.metrics import objective_loss
 from gptjax.sharding import put_batch
 from gptjax.train import build_steps, resolve
 
@@ -58,7 +59,7 @@ def measure(cfg: Experiment, vocab: int, steps: int) -> dict:
             "compile_s": compile_s, "ms_per_step": 1e3 * seconds, "tokens_per_s": tokens_per_s,
             "devices": len(devices), "device_kind": devices[0].device_kind, "peak_flops_per_device": peak,
             "mfu": None if peak is None else tokens_per_s * flops / (len(devices) * peak),
-            "final_loss": float(metrics["loss_sum"] / metrics["weight"])}
+            "final_loss": float(objective_loss(metrics))}
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from common import BYTE_VOCAB, RESULTS, SHAPES, gpt_experiment, random_batches, 
 from gptjax.config import PRESETS, Experiment
 from gptjax.data.packing import Batch
 from gptjax.flops import flops_per_token, measured_cpu_peak
+from gptjax.metrics import objective_loss
 from gptjax.sharding import put_batch
 from gptjax.train import build_steps, resolve
 
@@ -60,7 +61,7 @@ class JaxSide:
         for i in range(n):
             self.state, metrics = self.step_fn(self.state, self.batches[i % len(self.batches)])
         jax.block_until_ready(self.state)
-        self.loss = float(metrics["loss_sum"] / metrics["weight"])
+        self.loss = float(objective_loss(metrics))
         return time.perf_counter() - t, time.process_time() - cpu
 
 

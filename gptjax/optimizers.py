@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gptjax.config import ConfigError, OptimConfig
+from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
@@ -58,11 +58,11 @@ def _decay_ndim2(params: Any) -> Any:
         lambda path, x: _ndim(path, x) >= 2 and not _is_position_table(path), params)
 
 
-MASKS: dict[str, Mask] = {
+MASKS: dict[str, Mask] = registry(DecayMask, {
     "ndim>=2": _decay_ndim2,
     "all": lambda params: jax.tree.map(lambda _: True, params),
     "none": lambda params: jax.tree.map(lambda _: False, params),
-}
+})
 
 
 def _lookup(registry: dict, what: str, name: str) -> Any:
@@ -118,12 +118,12 @@ def _rsqrt(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return schedule
 
 
-SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = {
+SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = registry(ScheduleName, {
     "constant": _constant,
     "linear": _linear,
     "cosine": _cosine,
     "rsqrt": _rsqrt,
-}
+})
 
 
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -265,11 +265,11 @@ class Adafactor:
 
 Rule = AdamL2 | AdamW | Adafactor
 
-RULES: dict[str, type[Rule]] = {
+RULES: dict[str, type[Rule]] = registry(RuleName, {
     "adam_l2": AdamL2,
     "adamw": AdamW,
     "adafactor": Adafactor,
-}
+})
 
 
 def build_rule(cfg: OptimConfig) -> Rule:

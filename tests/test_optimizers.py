@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 
-from gptjax import config
 from gptjax import optimizers as opt
 from gptjax.config import PRESETS, ConfigError, Experiment, OptimConfig, apply_overrides, validate
 
@@ -268,12 +267,6 @@ def test_unknown_names_fail_with_the_known_ones():
         opt.build_schedule(OptimConfig(schedule="step"), 10)
     with pytest.raises(ConfigError, match="unknown optim.decay_mask 'bias'; known: ndim>=2, all, none"):
         opt.build_optimizer(OptimConfig(decay_mask="bias"), 10)
-
-
-def test_registries_and_config_checks_name_the_same_things():
-    assert tuple(opt.RULES) == config.RULES
-    assert tuple(opt.SCHEDULES) == config.SCHEDULES
-    assert tuple(opt.MASKS) == config.DECAY_MASKS
 
 
 @pytest.mark.parametrize("override, message", [

@@ -136,7 +136,7 @@ def test_gradient_accumulation_equals_one_larger_batch():
     for a, b in zip(leaves_1, leaves_k, strict=True):
         # Summation order differs: allow 1e-5 of the leaf's scale on entries near zero.
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
-    for key in ("ce_sum", "weight", "correct", "grad_norm", "update_norm", "param_norm"):
+    for key in ("ce_sum", "ce_count", "ce_correct", "grad_norm", "update_norm", "param_norm"):
         np.testing.assert_allclose(metrics_k[key], metrics_1[key], rtol=1e-5)
 
 

@@ -42,7 +42,7 @@ def test_each_objective_trains_and_logs_its_parts(objective, tmp_path):
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert losses[-1] < losses[0]
     parts = {"mlm_nsp": ("mlm", "nsp", "nsp_accuracy"), "mlm": ("mlm",), "span_corruption": ("ce",),
-             "gpt1_finetune": ("cls", "lm", "class_accuracy")}[objective]
+             "gpt1_finetune": ("cls", "lm", "cls_accuracy")}[objective]
     for part in parts:
         assert np.isfinite(result["val"][part])
     assert (tmp_path / "tokenizer.json").exists() == (objective != "gpt1_finetune")
