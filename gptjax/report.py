@@ -567,8 +567,7 @@ def _comparison(settings: list[Setting], target: float | None, unit: Unit, warni
     return lines
 
 
-def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: list[str] = (),
-           base: dict[str, Any] | None = None) -> str:
+def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: list[str] = ()) -> str:
     """The report's markdown for `runs` (see the module docstring and docs/reports.md)."""
     settings = settings_of(runs)
     modes = by_mode(settings)
@@ -633,7 +632,7 @@ def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: 
         lines += [f"| {name} | not started | – | – |" for name in not_started]
     for png in plots:
         lines += ["", f"![{png}]({png})"]
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # sections end blank and start blank
 
 
 def write_report(root: Path, target: float | None = None) -> Path:
