@@ -207,12 +207,16 @@ def settings_of(runs: list[RunInfo]) -> list[Setting]:
     for run in runs:
         if run.mode != UNKNOWN:
             known[run.setting].add(run.mode)
+    everywhere = set().union(*known.values())
     groups: dict[tuple[str, str], list[RunInfo]] = defaultdict(list)
     for run in runs:
-        # A run that has not written its setup record yet joins its setting's one mode, if it has one.
+        # A run that has not written its setup record yet (starting, or failed before training) joins its
+        # setting's one mode, else the sweep's one mode, so that it does not make a mode of its own.
         mode = run.mode
         if mode == UNKNOWN and len(known[run.setting]) == 1:
             mode = next(iter(known[run.setting]))
+        elif mode == UNKNOWN and not known[run.setting] and len(everywhere) == 1:
+            mode = next(iter(everywhere))
         groups[run.setting, mode].append(run)
     ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].optimizer, kv[1][0].lr, kv[0][1]))
     return [Setting(name, rs[0].optimizer, rs[0].lr, sorted(rs, key=lambda r: r.seed), mode)

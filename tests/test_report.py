@@ -272,6 +272,14 @@ def test_mode_from_the_log_when_no_setup_record_and_resumed_runs_marked(tmp_path
                setup=[{"vmapped_trials": 2}, {"params": 1}])
     gpt2, gpt3 = load_runs(tmp_path)
     assert gpt2.mode == "vmapped" and gpt3.mode == "mixed" and gpt3.resumed
+    # A variant that failed before training (no setup record, no log) makes no mode of its own.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "variant.json").write_text(json.dumps(to_dict(_cfg("gpt2_adam", 1e-2, 0))))
+    (broken / "status.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    runs = [r for r in load_runs(tmp_path) if r.name != gpt3.name]
+    assert [s.mode for s in settings_of(runs)] == ["vmapped", "vmapped"]
+    assert "more than one execution mode" not in render(tmp_path, runs)
     text = render(tmp_path, [gpt3])
     assert "(resumed: time since the last start only)" in text
 
