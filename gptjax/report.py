@@ -417,7 +417,8 @@ def preset_axis_notes(settings: list[Setting], base: dict[str, Any] | None = Non
     if not swapped:
         return []
     presets = sorted({s.optimizer for s in swapped})
-    named = sorted({part.split("=", 1)[0] for s in swapped for part in s.name.split(",")} - {"preset", "lr"})
+    named = sorted({part.split("=", 1)[0] for s in swapped for part in s.name.split(",") if "=" in part}
+                   - {"preset", "lr"})
     lines = [f"**The preset axis replaced the whole optimizer section.** `optim.preset=` swaps in the "
              f"preset as defined, so {', '.join(presets)} ran with "
              f"{'its' if len(presets) == 1 else 'their'} own schedule, warmup, clipping and weight decay "
