@@ -10,7 +10,7 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate bench-torch bench-mfu
+	bench-generate bench-torch bench-mfu bench-allocator
 
 install: $(STAMP)
 
@@ -52,7 +52,11 @@ bench-compile: $(STAMP)
 bench-generate: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
-# gptjax against Hugging Face's PyTorch GPT-2 on the same model and batch (needs the reference extra).
+# glibc malloc's setting (gptjax/allocator.py) on and off: page faults, system time, tokens/s, peak RSS.
+bench-allocator: $(STAMP)
+	$(PY) benchmarks/bench_allocator.py
+
+# gptjax against Hugging Face's PyTorch GPT-2 and a nanoGPT-style PyTorch GPT (needs the reference extra).
 bench-torch: $(STAMP)
 	$(PY) benchmarks/bench_torch.py
 
@@ -61,7 +65,7 @@ bench-mfu: $(STAMP)
 	$(PY) benchmarks/bench_mfu.py
 
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-torch bench-mfu
+bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks
