@@ -124,8 +124,9 @@ def _files(arg: str, suffixes: tuple[str, ...] = ()) -> tuple[list[Path], Path]:
     return files, root
 
 
-def _sniff_text(path: Path) -> None:
-    """Refuse an empty or binary file before any work: a NUL byte or bad UTF-8 in its first 64 KiB."""
+def _has_text(path: Path) -> bool:
+    """Refuse a binary file before any work (a NUL byte or bad UTF-8 in its first 64 KiB); False if the
+    file is empty or, when that short, only whitespace."""
     try:
         with open(path, "rb") as f:
             head = f.read(_SNIFF_BYTES)
@@ -139,6 +140,7 @@ def _sniff_text(path: Path) -> None:
         if e.start < len(head) - 3:  # a character cut by the 64 KiB limit is fine
             raise ConfigError(f"{path} is not UTF-8 text (invalid byte {head[e.start:e.start + 1]!r} at "
                               f"offset {e.start})") from None
+    return len(head) == _SNIFF_BYTES or bool(head.strip())
 
 
 def _record_start(f, offset: int, separator: bytes, size: int) -> int:
@@ -210,13 +212,15 @@ def plan_units(spec: str, cfg: DataConfig, unit_bytes: int) -> list[Unit]:
     if kind == "text":
         separator = text_separator(cfg).encode("utf-8")
         files, root = _files(arg)
-        for path in files:
-            _sniff_text(path)
+        if len(files) == 1 and not _has_text(files[0]):
+            raise ConfigError(f"{files[0]} is empty" if files[0].stat().st_size == 0 else
+                              f"{files[0]} holds only whitespace")
+        files = [path for path in files if _has_text(path)]
+        if not files:
+            raise ConfigError(f"{arg} holds no text (every file is empty or whitespace)")
         if len(files) == 1:
             path = files[0]
             size = path.stat().st_size
-            if size == 0:
-                raise ConfigError(f"{path} is empty")
             # The last val_fraction of the bytes, from a record start, is the validation text.
             with open(path, "rb") as f:
                 tail = _record_start(f, size - math.ceil(cfg.val_fraction * size), separator, size)
@@ -240,8 +244,7 @@ def plan_units(spec: str, cfg: DataConfig, unit_bytes: int) -> list[Unit]:
         files, root = _files(arg, (".jsonl", ".json"))
         units = []
         for path in files:
-            _sniff_text(path)
-            if path.stat().st_size:
+            if _has_text(path):
                 units += _byte_units("jsonl", path, root, b"\n", unit_bytes, "hash")
         if not units:
             raise ConfigError(f"{arg}: every JSON Lines file is empty")

@@ -281,23 +281,32 @@ def _run_units(root: Path, cfg: DataConfig, tokenizer: Tokenizer, units: list[Un
     if not todo:
         bar.close()
         return
-    # Forked workers inherit the tokenizer; `tokenizers` must not use its own threads in them.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
-                               initargs=(cfg, root, tokenizer, units))
-    futures = {pool.submit(tokenize_unit, i): i for i in todo}
     try:
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                record = future.result()  # raises the worker's error
-                done[record["unit"]] = record
+        if workers == 1:  # in this process: nothing to fork (and safe where JAX's threads run)
+            _init_worker(cfg, root, tokenizer, units)
+            for index in todo:
+                record = tokenize_unit(index)
+                done[index] = record
                 bar.update(record["size"])
+            return
+        # Forked workers inherit the tokenizer; `tokenizers` must not use its own threads in them.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
+                                 initargs=(cfg, root, tokenizer, units)) as pool:
+            pending = {pool.submit(tokenize_unit, i) for i in todo}
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        record = future.result()  # raises the worker's error
+                        done[record["unit"]] = record
+                        bar.update(record["size"])
+            finally:
+                for future in pending:
+                    future.cancel()
     except CorpusError as e:
         raise ConfigError(_locate(e)) from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
 
