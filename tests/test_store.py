@@ -9,7 +9,7 @@ import pytest
 from grain.experimental import index_shuffle
 
 from gptjax.config import ConfigError, DataConfig
-from gptjax.data import ByteTokenizer, build_data
+from gptjax.data import ByteTokenizer, build_data, unigram_entropy
 from gptjax.data.prepare import prepare
 from gptjax.data.store import (
     StoreData,
@@ -182,3 +182,50 @@ def test_opening_checks_every_shard_and_the_manifest(pydoc_store, tmp_path):
 def test_short_splits_are_refused_with_the_numbers(pydoc_store):
     with pytest.raises(ConfigError, match=r"validation split too short: \d+ tokens; data.seq_len=100000"):
         StoreData(cfg_of(pydoc_store, seq_len=100_000), 0, TokenStore(pydoc_store), ByteTokenizer())
+
+
+# ---------------------------------------------------------------- training from a store
+
+
+def test_training_reads_the_store_and_refuses_another_tokenizer_in_one_line(pydoc_store, tmp_path, capsys):
+    from gptjax.cli import main
+    from gptjax.metrics import read_metrics
+    from gptjax.train import train
+    from tests.conftest import tiny_experiment
+
+    cfg = tiny_experiment(steps=4, eval_every=2)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"store:{pydoc_store}"))
+    result = train(cfg, tmp_path / "w", log=lambda *_: None)
+    memory = build_data(DataConfig(source="pydoc"), seed=0)
+    # Same validation text (the store holds pydoc's split), so the same unigram baseline.
+    assert result["val_unigram_entropy"] == pytest.approx(unigram_entropy(memory.val_tokens))
+    assert [r["step"] for r in read_metrics(tmp_path / "w") if r["split"] == "val"] == [2, 4]
+    code = main(["train", "default", f"data.source=store:{pydoc_store}", "data.tokenizer=bpe",
+                 "--workdir", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "was tokenized with byte (vocabulary 258" in err[0]
+    assert not (tmp_path / "x").exists()
+    code = main(["train", "default", f"data.source=store:{pydoc_store}", "objective.name=mlm",
+                 "model.family=bert", "data.tokenizer=bpe", "--workdir", str(tmp_path / "y")])
+    assert code == 2 and "feeds objective causal_lm only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_on_a_store_is_bit_identical(pydoc_store, tmp_path):
+    import subprocess
+
+    from tests.test_guards import REPO, _command, _final_params, _wait_for_step
+
+    source = f"data.source=store:{pydoc_store}"
+    cmd, env = _command(tmp_path, tmp_path / "straight", "train.steps=30", source)
+    subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+    workdir = tmp_path / "killed"
+    cmd, env = _command(tmp_path, workdir, "train.steps=30", source)
+    for target in (7, 18):
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_step(workdir, target, proc)
+        proc.kill()
+        proc.wait()
+    subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+    for a, b in zip(_final_params(workdir), _final_params(tmp_path / "straight"), strict=True):
+        np.testing.assert_array_equal(a, b)
