@@ -208,8 +208,9 @@ def test_tokenizers_never_mix_in_one_store(tmp_path):
     mixed = cli(tmp_path / "c.txt", tmp_path / "s", "data.tokenizer=bpe", "data.tokenizer_vocab=600")
     assert mixed.returncode == 2
     assert mixed.stderr.strip().splitlines() == [
-        f"error: store {tmp_path / 's'} holds tokens of another tokenizer (tokenizer=byte); tokenizers "
-        "never mix in one store: use another directory"]
+        f"error: store {tmp_path / 's'} holds tokens of another tokenizer (tokenizer=byte; this command: "
+        "tokenizer=bpe, tokenizer_sample_bytes=64000000, tokenizer_vocab=600); tokenizers never mix in one "
+        "store: use another directory"]
     other = cli(tmp_path / "c.txt", tmp_path / "s", "data.val_fraction=0.3")
     assert other.returncode == 2 and "with other options" in other.stderr
     assert tree(tmp_path / "s") == before
@@ -286,3 +287,49 @@ def test_a_truncated_shard_is_refused_then_prepared_again(tmp_path, capsys):
                  "--unit-mb", "0.02"]) == 0
     assert "shard train/000002 is damaged; preparing its unit again" in capsys.readouterr().out
     assert tree(tmp_path / "s") == before
+
+
+def test_a_bpe_store_holds_the_tokens_of_encoding_the_whole_text(tmp_path, monkeypatch):
+    import gptjax.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "ENCODE_CHARS", 300)  # many pieces per unit
+    text = "\n".join(words(9, 3000)) + "\n\n  indented\n\n\n\tlast line\n"
+    (tmp_path / "c.txt").write_text(text)
+    cfg = DataConfig(tokenizer="bpe", tokenizer_vocab=600, val_fraction=0.1)
+    prepare(str(tmp_path / "c.txt"), tmp_path / "s", cfg, workers=1, unit_mb=0.02, tokenizer_sample_mb=0.05,
+            **quiet)
+    store = TokenStore(tmp_path / "s")
+    tokenizer = store.load_tokenizer()
+    assert store.tokenizer["kind"] == "bpe" and store.dtype == np.uint16
+    assert len(store.manifest["splits"]["train"]["shards"]) > 3
+    for split in ("train", "val"):
+        reader = store.splits[split]
+        tokens = reader.read(0, reader.n_tokens)[0]
+        assert tokens[0] == tokenizer.eot_id and not np.any(tokens[1:] == tokenizer.eot_id)
+        part = tokenizer.decode(tokens[1:])
+        assert (text.startswith if split == "train" else text.endswith)(part)
+        np.testing.assert_array_equal(tokens[1:], tokenizer.encode(part))
+
+
+def test_a_hugging_face_tokenizer_file(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(words(11, 500), trainer)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "c.txt").write_text("\n".join(words(12, 500)))
+    refused = cli(tmp_path / "c.txt", tmp_path / "s", "data.tokenizer=hf")
+    assert refused.returncode == 2 and "data.tokenizer=hf needs --tokenizer PATH" in refused.stderr
+    assert not (tmp_path / "s").exists()
+    done = cli(tmp_path / "c.txt", tmp_path / "s", "data.tokenizer=hf", "--tokenizer",
+               tmp_path / "tokenizer.json")
+    assert done.returncode == 0, done.stderr
+    store = TokenStore(tmp_path / "s")
+    assert store.tokenizer["kind"] == "hf" and store.tokenizer["eot_id"] == 0
+    reader = store.splits["train"]
+    tokens = reader.read(0, reader.n_tokens)[0]
+    np.testing.assert_array_equal(tokens[1:], hf.encode(hf.decode(tokens[1:].tolist())).ids)

@@ -83,9 +83,10 @@ def _check_store_dir(root: Path, plan: dict) -> bool:
         return False
     tokenizer_options = lambda p: {k: v for k, v in p.get("options", {}).items() if k.startswith("tokenizer")}
     if tokenizer_options(previous) != tokenizer_options(plan):
-        old = ", ".join(f"{k}={v}" for k, v in sorted(tokenizer_options(previous).items()))
-        raise ConfigError(f"store {root} holds tokens of another tokenizer ({old}); tokenizers never mix in "
-                          "one store: use another directory")
+        old, new = (", ".join(f"{k}={v}" for k, v in sorted(tokenizer_options(p).items()))
+                    for p in (previous, plan))
+        raise ConfigError(f"store {root} holds tokens of another tokenizer ({old}; this command: {new}); "
+                          "tokenizers never mix in one store: use another directory")
     if previous != plan:
         what = [k for k in ("source", "options", "unit_bytes", "units") if previous.get(k) != plan.get(k)]
         raise ConfigError(f"store {root} was prepared from {previous.get('source')!r} with other "
@@ -94,34 +95,39 @@ def _check_store_dir(root: Path, plan: dict) -> bool:
     return True
 
 
-def _tokenizer(cfg: DataConfig, root: Path, units: list[Unit], tokenizer_file: Path | None,
-               sample_bytes: int, log) -> Tokenizer:
-    """The store's tokenizer: its saved copy when resuming, else byte, the given file, or a BPE trained
-    on the first `sample_bytes` of training text (in unit order, so the same corpus gives the same one)."""
-    saved = root / "tokenizer.json"
+def _given_tokenizer(cfg: DataConfig, tokenizer_file: Path | None) -> Tokenizer | None:
+    """The tokenizer the command names (byte, or a file), loaded before anything is written; None for a
+    BPE still to be trained."""
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
-    if saved.exists():
-        return (BpeTokenizer if cfg.tokenizer == "bpe" else HfTokenizer).load(saved)
-    if cfg.tokenizer == "hf" or tokenizer_file is not None:
-        if tokenizer_file is None:
+    if tokenizer_file is None:
+        if cfg.tokenizer == "hf":
             raise ConfigError("data.tokenizer=hf needs --tokenizer PATH (a tokenizer.json, e.g. an import-hf "
                               "workdir's)")
-        tokenizer = (BpeTokenizer if cfg.tokenizer == "bpe" else HfTokenizer).load(tokenizer_file)
-        if cfg.tokenizer == "bpe" and tokenizer.vocab_size != cfg.tokenizer_vocab:
-            raise ConfigError(f"--tokenizer {tokenizer_file} has vocab_size {tokenizer.vocab_size}, but "
-                              f"data.tokenizer_vocab={cfg.tokenizer_vocab}")
-    else:
-        texts, total = [], 0
-        for unit in units:
-            for doc in unit_documents(unit, cfg):
-                if doc.split == "train" and total < sample_bytes:
-                    texts.append(doc.text[:sample_bytes - total])
-                    total += len(texts[-1])
-            if total >= sample_bytes:
-                break
-        log(f"training a {cfg.tokenizer_vocab}-token BPE on {total / 1e6:.1f} MB of training text")
-        tokenizer = BpeTokenizer.train(texts, cfg.tokenizer_vocab)
+        return None
+    tokenizer = (BpeTokenizer if cfg.tokenizer == "bpe" else HfTokenizer).load(tokenizer_file)
+    if cfg.tokenizer == "bpe" and tokenizer.vocab_size != cfg.tokenizer_vocab:
+        raise ConfigError(f"--tokenizer {tokenizer_file} has vocab_size {tokenizer.vocab_size}, but "
+                          f"data.tokenizer_vocab={cfg.tokenizer_vocab}")
+    return tokenizer
+
+
+def _trained_tokenizer(cfg: DataConfig, root: Path, units: list[Unit], sample_bytes: int, log) -> Tokenizer:
+    """The store's BPE: its saved copy when resuming, else one trained on the first `sample_bytes` of
+    training text (in unit order, so the same corpus gives the same tokenizer)."""
+    saved = root / "tokenizer.json"
+    if saved.exists():
+        return BpeTokenizer.load(saved)
+    texts, total = [], 0
+    for unit in units:
+        for doc in unit_documents(unit, cfg):
+            if doc.split == "train" and total < sample_bytes:
+                texts.append(doc.text[:sample_bytes - total])
+                total += len(texts[-1])
+        if total >= sample_bytes:
+            break
+    log(f"training a {cfg.tokenizer_vocab}-token BPE on {total / 1e6:.1f} MB of training text")
+    tokenizer = BpeTokenizer.train(texts, cfg.tokenizer_vocab)
     tokenizer.save(saved)
     return tokenizer
 
@@ -242,6 +248,7 @@ def prepare(spec: str, store: Path, cfg: DataConfig, *, workers: int | None = No
     if unit_mb <= 0:
         raise ConfigError(f"--unit-mb must be positive, got {unit_mb}")
     unit_bytes, sample_bytes = max(1, int(unit_mb * 1e6)), int(tokenizer_sample_mb * 1e6)
+    tokenizer = _given_tokenizer(cfg, tokenizer_file)
     plan, units = build_plan(spec, cfg, unit_bytes, tokenizer_file, sample_bytes)
     resuming = _check_store_dir(root, plan)
     (root / "progress").mkdir(parents=True, exist_ok=True)
@@ -256,7 +263,10 @@ def prepare(spec: str, store: Path, cfg: DataConfig, *, workers: int | None = No
     for stale in root.rglob("*.tmp*"):  # left by a killed run
         stale.unlink()
     write_atomic(root / "plan.json", _canonical(plan))
-    tokenizer = _tokenizer(cfg, root, units, tokenizer_file, sample_bytes, log)
+    if tokenizer is None:
+        tokenizer = _trained_tokenizer(cfg, root, units, sample_bytes, log)
+    elif not isinstance(tokenizer, ByteTokenizer):
+        tokenizer.save(root / "tokenizer.json")  # what training loads
     identity = tokenizer_identity(tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     done = _finished(root, len(units), dtype)
