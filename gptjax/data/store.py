@@ -21,6 +21,7 @@ batch is a pure function of (seed, step). `rows` selects the global batch rows a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -132,6 +133,24 @@ class SplitReader:
             k += 1
         return tokens, docs
 
+    def windows(self, starts_R: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """`read` of [start, start + length) for each start, as [R, length] arrays: windows inside one
+        shard are gathered per shard at once, the few that straddle two are read one by one."""
+        starts_R = np.asarray(starts_R, dtype=np.int64)
+        tokens_RW = np.empty((len(starts_R), length), np.int32)
+        docs_RW = np.empty((len(starts_R), length), np.int64)
+        shard_R = np.searchsorted(self.offsets_K1, starts_R, side="right") - 1
+        inside_R = starts_R + length <= self.offsets_K1[np.minimum(shard_R + 1, len(self.shards))]
+        for k in np.unique(shard_R[inside_R]):
+            here = inside_R & (shard_R == k)
+            shard_tokens, shard_docs = self._shard(int(k))
+            position_RW = (starts_R[here] - self.offsets_K1[k])[:, None] + np.arange(length)
+            tokens_RW[here] = shard_tokens[position_RW]
+            docs_RW[here] = self.docs_before_K[k] + np.searchsorted(shard_docs, position_RW, side="right")
+        for r in np.flatnonzero(~inside_R):
+            tokens_RW[r], docs_RW[r] = self.read(int(starts_R[r]), int(starts_R[r]) + length)
+        return tokens_RW, docs_RW
+
 
 class TokenStore:
     """An opened store: its manifest, a `SplitReader` per split, and its tokenizer's identity."""
@@ -190,8 +209,9 @@ class StoreWindows:
         self.split, self.seq_len, self.batch_size, self.seed = split, seq_len, batch_size, seed
         window = seq_len + 1
         self.windows_per_epoch = max(0, (split.n_tokens - window) // window)  # as packing.TrainWindows
+        self._epoch = functools.lru_cache(maxsize=4)(self._draw_epoch)
 
-    def _epoch(self, epoch: int) -> tuple[int, int]:
+    def _draw_epoch(self, epoch: int) -> tuple[int, int]:
         rng = np.random.default_rng([self.seed, epoch])
         offset = int(rng.integers(0, self.seq_len + 1))  # drawn first, as packing.TrainWindows does
         return offset, int(rng.integers(0, 1 << 32))  # the key of this epoch's index_shuffle
@@ -214,11 +234,8 @@ class StoreWindows:
     def batch(self, step: int, rows=None) -> Batch:
         """Rows `rows` (default: all) of global batch `step`, read from the store."""
         starts_R = self.starts(step, rows)
-        window_RW = np.empty((len(starts_R), self.seq_len + 1), np.int32)
-        doc_RL = np.empty((len(starts_R), self.seq_len), np.int64)
-        for r, start in enumerate(starts_R):
-            tokens, docs = self.split.read(int(start), int(start) + self.seq_len + 1)
-            window_RW[r], doc_RL[r] = tokens, docs[:-1]
+        window_RW, doc_RW = self.split.windows(starts_R, self.seq_len + 1)
+        doc_RL = doc_RW[:, :-1]
         return Batch(inputs=np.ascontiguousarray(window_RW[:, :-1]),
                      targets=np.ascontiguousarray(window_RW[:, 1:]),
                      weights=np.ones((len(starts_R), self.seq_len), np.float32),
