@@ -65,19 +65,24 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children and theirs: the workers
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_prepare(source: str, store: Path, *args: str) -> dict:
     shutil.rmtree(store, ignore_errors=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu_s()
     done = subprocess.run([sys.executable, "-m", "gptjax", "prepare", source, str(store), "--quiet", *args],
                           env=env(), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu_s = time.perf_counter() - start, _children_cpu_s() - cpu
     if done.returncode:
         raise SystemExit(f"prepare failed: {done.stderr.strip()}")
     manifest = json.loads((store / "manifest.json").read_text())
     tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "val"))
     store_bytes = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    return {"seconds": seconds, "tokens": tokens, "store_bytes": store_bytes, "dtype": manifest["dtype"],
-            "log": done.stdout.strip().splitlines()}
+    return {"seconds": seconds, "cpu_s": cpu_s, "tokens": tokens, "store_bytes": store_bytes,
+            "dtype": manifest["dtype"], "log": done.stdout.strip().splitlines()}
 
 
 def measure_loader(store: str) -> None:
@@ -141,11 +146,13 @@ def main() -> None:
     print(f"corpus: {records} records, {text_bytes / 1e6:.0f} MB of text", flush=True)
 
     byte = run_prepare(f"jsonl:{corpus}", WORK / "byte")
-    result["prepare_byte"] = {**byte, "text_mb_per_s": text_bytes / 1e6 / byte["seconds"]}
+    result["prepare_byte"] = {**byte, "text_mb_per_s": text_bytes / 1e6 / byte["seconds"],
+                              "text_mb_per_cpu_s": text_bytes / 1e6 / byte["cpu_s"]}
     print(f"prepare byte: {result['prepare_byte']['text_mb_per_s']:.1f} MB/s", flush=True)
     bpe = run_prepare(f"jsonl:{corpus}", WORK / "bpe", "data.tokenizer=bpe", "data.tokenizer_vocab=8192",
                       "--tokenizer-sample-mb", "16")
     result["prepare_bpe"] = {**bpe, "text_mb_per_s": text_bytes / 1e6 / bpe["seconds"],
+                             "text_mb_per_cpu_s": text_bytes / 1e6 / bpe["cpu_s"],
                              "bytes_per_token": text_bytes / bpe["tokens"]}
     print(f"prepare bpe: {result['prepare_bpe']['text_mb_per_s']:.1f} MB/s", flush=True)
     shutil.rmtree(WORK / "bpe")
@@ -163,7 +170,8 @@ def main() -> None:
                     written += len(text.encode("utf-8"))
     big = run_prepare(f"text:{big_text}", WORK / "big", "data.val_fraction=0.001")
     result["prepare_byte_generated"] = {**big, "text_mb": written / 1e6,
-                                        "text_mb_per_s": written / 1e6 / big["seconds"]}
+                                        "text_mb_per_s": written / 1e6 / big["seconds"],
+                                        "text_mb_per_cpu_s": written / 1e6 / big["cpu_s"]}
     print(f"prepare byte, {written / 1e9:.2f} GB: {result['prepare_byte_generated']['text_mb_per_s']:.1f} "
           "MB/s", flush=True)
     small_text = WORK / "small.txt"

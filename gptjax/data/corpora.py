@@ -385,7 +385,7 @@ def _text_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
 def _jsonl_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
     field = cfg.text_field
     for path, start, stop in unit.pieces:
-        offset = start
+        offset, name = start, _relative(path, unit.root)
         for line in _read(path, start, stop).split(b"\n"):
             here, offset = offset, offset + len(line) + 1
             if not line.strip():
@@ -400,7 +400,7 @@ def _jsonl_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
             if not isinstance(text, str):
                 raise CorpusError(f"field {field!r} is {type(text).__name__}, not a string", path, here)
             if text.strip():
-                val = held_out(f"{_relative(path, unit.root)}@{here}", cfg.val_fraction)
+                val = held_out(f"{name}@{here}", cfg.val_fraction)
                 yield Document("val" if val else "train", text, True)
 
 
@@ -410,6 +410,7 @@ def _parquet_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
     for path, first_group, stop_group in unit.pieces:
         file = pq.ParquetFile(path)
         row = sum(file.metadata.row_group(g).num_rows for g in range(first_group))
+        name = _relative(path, unit.root)
         # Streamed in record batches: a unit never holds more than one batch of text at a time.
         for batch in file.iter_batches(batch_size=1024, row_groups=range(first_group, stop_group),
                                        columns=[cfg.text_field]):
@@ -418,8 +419,8 @@ def _parquet_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
                     raise CorpusError(f"{path} row {row}: column {cfg.text_field!r} is "
                                       f"{type(text).__name__}, not a string")
                 if text.strip():
-                    key = f"{_relative(path, unit.root)}#{row}"
-                    yield Document("val" if held_out(key, cfg.val_fraction) else "train", text, True)
+                    val = held_out(f"{name}#{row}", cfg.val_fraction)
+                    yield Document("val" if val else "train", text, True)
                 row += 1
 
 
