@@ -309,7 +309,7 @@ class StoreData:
 def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tokenizer:
     """The run's tokenizer, which must be the store's: refused in one line when it is not.
 
-    `bpe` without a workdir copy (`cache`) takes the store's; with one, or `hf`, the copy must match.
+    Without a workdir copy (`cache`) a bpe or hf run takes the store's; with one, the copy must match.
     """
     want = store.tokenizer
     if cfg.tokenizer != want["kind"]:
@@ -319,7 +319,7 @@ def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tok
         raise ConfigError(f"store {store.path} was tokenized with {describe_tokenizer(want)}, but "
                           f"data.tokenizer_vocab={cfg.tokenizer_vocab}; set "
                           f"data.tokenizer_vocab={want['vocab_size']}")
-    if cfg.tokenizer == "bpe" and (cache is None or not Path(cache).exists()):
+    if cfg.tokenizer in ("bpe", "hf") and (cache is None or not Path(cache).exists()):
         tokenizer = store.load_tokenizer()
     else:
         tokenizer = build_tokenizer(cfg, cache=cache)
