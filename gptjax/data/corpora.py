@@ -26,6 +26,7 @@ the corpus is cut into units.
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import hashlib
 import json
@@ -424,10 +425,16 @@ def _parquet_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
                 row += 1
 
 
+@functools.lru_cache(maxsize=4)
+def _tfds_source(name: str, split: str, cfg: DataConfig):
+    """A split's random-access data source, opened once per process (a worker reads many of its shards)."""
+    return _open_tfds(name, cfg).as_data_source(split=split)
+
+
 def _tfds_documents(unit: Unit, cfg: DataConfig) -> Iterator[Document]:
     ((where, start, stop),) = unit.pieces
     name, split = where.split("/", 1)
-    source = _open_tfds(name, cfg).as_data_source(split=split)
+    source = _tfds_source(name, split, cfg)
     for i in range(start, stop):
         # Text features are written from str, so the stored bytes are UTF-8 by construction.
         text = source[i][cfg.tfds_text_key].decode("utf-8", errors="replace")
