@@ -45,12 +45,7 @@ describe: $(STAMP)
 report: $(STAMP)
 	$(PY) -m gptjax report $(NAME) $(ARGS)
 
-bench-# Tokenize a corpus once into a token store, then train on it with data.source=store:STORE:
-# make prepare SOURCE=text:book.txt STORE=stores/book ARGS='data.tokenizer=bpe'
-prepare: $(STAMP)
-	$(PY) -m gptjax prepare $(SOURCE) $(STORE) $(ARGS)
-
-sweep: $(STAMP)
+bench-sweep: $(STAMP)
 	$(PY) benchmarks/bench_sweep.py
 
 bench-loss: $(STAMP)
