@@ -333,3 +333,25 @@ def test_a_hugging_face_tokenizer_file(tmp_path):
     reader = store.splits["train"]
     tokens = reader.read(0, reader.n_tokens)[0]
     np.testing.assert_array_equal(tokens[1:], hf.encode(hf.decode(tokens[1:].tolist())).ids)
+
+
+@pytest.mark.parametrize("separator", [b"", b"\n\n", b"<doc>"])
+def test_record_starts_against_a_brute_force_reference(tmp_path, separator):
+    from gptjax.data.corpora import _record_start
+
+    rng = np.random.default_rng(len(separator))
+    # Sparse separators (every ~20 KB) so searches run across the reader's 64 KiB blocks.
+    data = bytearray(rng.choice(list(b"ab \t"), size=300_000).astype(np.uint8).tobytes())
+    for at in rng.integers(0, len(data) - 8, size=15):
+        data[at:at + max(1, len(separator))] = separator or b"\n"
+    data[65_535:65_537] = separator[:2] or b"\n"  # one straddles the first block's end
+    data = bytes(data)
+    (tmp_path / "f").write_bytes(data)
+    if separator:
+        starts = [i + len(separator) for i in range(len(data)) if data.startswith(separator, i)]
+    else:
+        starts = [i + 1 for i in range(len(data) - 1) if data[i] == 10 and not chr(data[i + 1]).isspace()]
+    with open(tmp_path / "f", "rb") as f:
+        for offset in [*rng.integers(1, len(data), size=60), *starts[:5], 65_536, 65_537]:
+            expected = min([s for s in starts if s >= offset], default=len(data))
+            assert _record_start(f, int(offset), separator, len(data)) == expected, offset

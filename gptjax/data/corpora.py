@@ -121,7 +121,7 @@ def _files(arg: str, suffixes: tuple[str, ...] = ()) -> tuple[list[Path], Path]:
         raise ConfigError(f"{arg} does not exist")
     if not files:
         what = f" ending in {' or '.join(suffixes)}" if suffixes and path.is_dir() else ""
-        raise ConfigError(f"{arg} holds no files{what}")
+        raise ConfigError(f"{arg} matches no files" if glob.has_magic(arg) else f"{arg} holds no files{what}")
     return files, root
 
 
