@@ -176,10 +176,10 @@ def test_the_same_corpus_gives_a_byte_identical_store_with_any_number_of_process
 
 def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_store(tmp_path):
     corpus = tmp_path / "big.txt"
-    corpus.write_text("\n".join(words(7, 60_000)))  # ~ 4 MB, BPE-tokenized in a few seconds
+    corpus.write_text("\n".join(words(7, 20_000)))  # ~ 1.3 MB, BPE-tokenized in a second or two
     BpeTokenizer.train(words(8, 2000), 1024).save(tmp_path / "tok.json")
     args = [f"text:{corpus}", None, "data.tokenizer=bpe", "data.tokenizer_vocab=1024", "--tokenizer",
-            tmp_path / "tok.json", "--workers", "1", "--unit-mb", "0.05", "--quiet"]
+            tmp_path / "tok.json", "--workers", "1", "--unit-mb", "0.02", "--quiet"]
     reference = cli(*[tmp_path / "straight" if a is None else a for a in args])
     assert reference.returncode == 0, reference.stderr
     killed = tmp_path / "killed"

@@ -12,6 +12,7 @@ from gptjax.config import ConfigError, DataConfig
 from gptjax.data import ByteTokenizer, build_data, unigram_entropy
 from gptjax.data.prepare import prepare
 from gptjax.data.store import (
+    SplitReader,
     StoreData,
     TokenStore,
     addressable_rows,
@@ -109,7 +110,8 @@ def test_addressable_rows_of_a_real_batch_sharding():
     assert list(addressable_rows(sharding, 16)) == list(range(16))  # one process holds every device
 
 
-def test_reads_cross_shard_boundaries(tmp_path):
+def test_reads_cross_shard_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(SplitReader, "OPEN_SHARDS", 2)  # shards are closed and reopened as reads move on
     corpus = tmp_path / "book.txt"
     rng = np.random.default_rng(0)
     lines = ["".join(rng.choice(list("abcdé \t"), size=int(rng.integers(0, 60)))) for _ in range(3000)]
@@ -126,6 +128,7 @@ def test_reads_cross_shard_boundaries(tmp_path):
     assert set(docs) == {1}  # one document across every shard
     for start in range(0, train.n_tokens - 500, 977):
         np.testing.assert_array_equal(train.read(start, start + 500)[0], expected[start:start + 500])
+    assert len(train._open) == 2
 
 
 def test_token_dtype_and_tokenizer_identity(tmp_path):
