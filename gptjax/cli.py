@@ -1,4 +1,4 @@
-"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf} …`: the command line.
+"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf,prepare} …`: the command line.
 
 Config problems are found before JAX is imported and reported as one line on stderr with exit code 2.
 """
@@ -149,6 +149,24 @@ def _import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from gptjax.data.prepare import prepare, prepare_config
+
+    cfg = prepare_config(args.overrides)
+    try:
+        manifest = prepare(args.source, Path(args.store), cfg, workers=args.workers, unit_mb=args.unit_mb,
+                           tokenizer_file=args.tokenizer and Path(args.tokenizer),
+                           tokenizer_sample_mb=args.tokenizer_sample_mb, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    print(f"{args.store}: {train['tokens']:,} training tokens in {train['documents']:,} documents, "
+          f"{val['tokens']:,} validation tokens in {val['documents']:,}, {manifest['dtype']}; train with "
+          f"data.source=store:{args.store} data.tokenizer={manifest['tokenizer']['kind']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gptjax", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -214,6 +232,22 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to the imported config, e.g. data.seq_len=512 optim.preset=gpt3_adamw")
     h.set_defaults(func=_import_hf)
+
+    q = sub.add_parser("prepare", help="tokenize a corpus once into a token store for data.source=store:PATH")
+    q.add_argument("source", help="pydoc | text:PATH (file, directory or glob) | jsonl:PATH | parquet:PATH | "
+                                  "tfds:NAME; a bare path is text unless it ends in .jsonl or .parquet")
+    q.add_argument("store", help="the store directory to create (or to resume)")
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data.* fields, e.g. data.tokenizer=bpe data.val_fraction=0.01 data.text_field=body")
+    q.add_argument("--workers", type=int, help="tokenizing processes (default: every core)")
+    q.add_argument("--unit-mb", type=float, default=32.0,
+                   help="input MB per work unit and shard (default 32)")
+    q.add_argument("--tokenizer",
+                   help="the tokenizer file to use: bpe, one saved by gptjax; hf, a tokenizer.json")
+    q.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
+                   help="bpe without --tokenizer: MB of training text it is trained on (default 64)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_prepare)
     return p
 
 
@@ -221,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf")
+    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf", "prepare")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

@@ -85,7 +85,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME
+    source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME | store:PATH (made by `python -m gptjax prepare`)
     # byte | bpe (byte-level BPE trained on the training split, kept in the workdir) | hf (import-hf's)
     tokenizer: TokenizerKind = "byte"
     # bpe: vocabulary size, special tokens included; at least 512 when a BPE is trained (an imported
@@ -100,6 +100,8 @@ class DataConfig:
     tfds_val_split: str = "validation"
     tfds_text_key: str = "text"
     tfds_label_key: str = "label"  # classification sources (gpt1_finetune): the integer label feature
+    text_split: str = ""  # prepare, text: document separator, e.g. '\n\n' ("": a file is one document)
+    text_field: str = "text"  # prepare, JSON Lines and Parquet: the field holding a record's text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +312,10 @@ def validate(cfg: Experiment) -> Experiment:
     _check(m.layer_norm_eps > 0, f"model.layer_norm_eps must be positive, got {m.layer_norm_eps}")
 
     _one_of("data.tokenizer", d.tokenizer, TokenizerKind)
-    _check(re.fullmatch(r"pydoc|text:.+|tfds:.+", d.source) is not None,
-           f"unknown data.source {d.source!r}; use pydoc, text:PATH or tfds:NAME")
+    _check(re.fullmatch(r"pydoc|text:.+|tfds:.+|store:.+", d.source) is not None,
+           f"unknown data.source {d.source!r}; use pydoc, text:PATH, tfds:NAME or store:PATH")
+    _check(not d.source.startswith("store:") or cfg.objective.name == "causal_lm",
+           f"data.source=store:... feeds objective causal_lm only so far, not {cfg.objective.name}")
     _check(d.seq_len >= 2, f"data.seq_len must be at least 2 tokens, got {d.seq_len}")
     _check(d.seq_len <= m.context,
            f"data.seq_len ({d.seq_len}) is longer than the model's context ({m.context})")

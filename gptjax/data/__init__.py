@@ -34,6 +34,10 @@ def build_data(cfg: DataConfig, seed: int) -> LMData:
     """
     if cfg.tokenizer not in TOKENIZERS:
         build_tokenizer(cfg)  # the one-line error, before the source is read
+    if cfg.source.startswith("store:"):
+        from gptjax.data.store import store_data
+
+        return store_data(cfg, seed)
     docs = load_documents(cfg)
     return LMData(Experiment(data=cfg), seed, build_tokenizer(cfg, train_docs=docs.train), docs)
 
