@@ -48,6 +48,13 @@ def _decay(rate: Any, mask: Mask) -> optax.GradientTransformation:
     return optax.add_decayed_weights(rate, mask=mask)
 
 
+def _decay_after_first(rate: Any, mask: Mask) -> optax.GradientTransformation:
+    # For rules whose first call only gathers statistics and leaves θ where it is (ADOPT, SOAP).
+    if isinstance(rate, (int, float)) and rate == 0:
+        return optax.identity()
+    return optax.add_decayed_weights(lambda count: jnp.where(count > 0, rate, 0.0), mask=mask)
+
+
 @dataclasses.dataclass(frozen=True)
 class Lamb:
     """LAMB (You et al. 2019, Algorithm 2): Adam's bias-corrected direction r = m̂/(√v̂ + ε), the decay added
@@ -111,7 +118,8 @@ class NAdamW:
 class Adopt:
     """ADOPT (Taniguchi et al. 2024, Algorithm 2 with clipping): the first call only sets v = g²; then
     m ← β1·m + (1 − β1)·clip(g/max(√v, ε), t^¼) with the *previous* v, θ ← θ − lr_t·(m + wd·θ), and only
-    then v ← β2·v + (1 − β2)·g². Decay decoupled, as the authors' code does with decouple=True."""
+    then v ← β2·v + (1 − β2)·g². Decay decoupled (the authors' code with decouple=True), from the second
+    call on, since the first moves nothing."""
 
     traceable: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
     b1: Any
@@ -125,7 +133,7 @@ class Adopt:
 
     def build(self, lr: Schedule, mask: Mask) -> optax.GradientTransformation:
         return optax.chain(contrib.scale_by_adopt(self.b1, self.b2, self.eps),
-                           _decay(self.weight_decay, mask), optax.scale_by_learning_rate(lr))
+                           _decay_after_first(self.weight_decay, mask), optax.scale_by_learning_rate(lr))
 
 
 def ademamix_alpha(t, alpha, warmup: int):
@@ -431,13 +439,10 @@ class Soap:
                    cfg.soap_max_precond_dim)
 
     def build(self, lr: Schedule, mask: Mask) -> optax.GradientTransformation:
-        wd = self.weight_decay
-        decay = optax.identity() if isinstance(wd, (int, float)) and wd == 0 else \
-            optax.add_decayed_weights(lambda count: jnp.where(count > 0, wd, 0.0), mask=mask)
         return optax.chain(scale_by_soap(self.b1, self.b2, self.eps,
                                          precondition_frequency=self.precondition_frequency,
                                          max_precond_dim=self.max_precond_dim),
-                           decay, optax.scale_by_learning_rate(lr))
+                           _decay_after_first(self.weight_decay, mask), optax.scale_by_learning_rate(lr))
 
 
 MODERN_RULES: dict[str, type] = {

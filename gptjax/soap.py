@@ -133,7 +133,7 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8, shampoo
         dims = sides(updates)
         count = state.count
         first = count == 0
-        t = jnp.maximum(count, 1).astype(jnp.float32)
+        t = jnp.maximum(count, 1)  # Adam's step number, from the second call on
         scale = jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
         phase = jnp.where(first, 1, jnp.where(count % precondition_frequency == 0, 2, 0))
 
