@@ -35,7 +35,8 @@ AttentionImpl = Literal["auto", "xla", "einsum"]  # gptjax/layers.py
 Remat = Literal["none", "full", "dots"]  # gptjax/models/gpt.py
 TokenizerKind = Literal["byte", "bpe", "hf"]  # gptjax/data/tokenizers.py
 ObjectiveName = Literal["causal_lm", "gpt1_finetune", "mlm_nsp", "mlm", "span_corruption"]  # objectives
-RuleName = Literal["adam_l2", "adamw", "adafactor"]  # gptjax/optimizers.py
+RuleName = Literal["adam_l2", "adamw", "adafactor", "lamb", "lion", "sophia", "muon", "schedule_free_adamw",
+                   "ademamix", "adopt", "nadamw", "prodigy", "soap"]  # gptjax/optimizers.py
 ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]  # gptjax/optimizers.py
 DecayMask = Literal["ndim>=2", "all", "none"]  # gptjax/optimizers.py
 LossTerm = Literal["ce", "label_smoothing", "z", "kl", "mse", "unlikelihood"]  # gptjax/losses.py
@@ -111,7 +112,7 @@ class OptimConfig:
     docs/optimizers.md gives the formulas; `preset` records which preset a config started from."""
 
     preset: str = "gpt3_adamw"
-    rule: RuleName = "adamw"  # adam_l2 (coupled L2), adamw (decoupled), adafactor
+    rule: RuleName = "adamw"  # adam_l2 (coupled L2), adamw (decoupled), adafactor, or a later rule (RuleName)
     lr: float = 2.5e-4  # peak learning rate; Adafactor: the relative step size ρ
     b1: float = 0.9  # Adafactor: momentum on the final update, 0 for none
     b2: float = 0.95  # Adafactor: a constant β2 with Adam's bias correction (docs/optimizers.md)
@@ -129,6 +130,19 @@ class OptimConfig:
     adafactor_clip: float = 1.0  # d: update clipping, U / max(1, RMS(U)/d); 0 disables
     adafactor_factor_min_dim: int = 128  # factor v when a tensor's two largest dims are both this long
     adafactor_relative_step: bool = True  # step = lr·max(ε2, RMS(θ)); False: lr is the absolute step
+    # Rules beyond the forum (gptjax/optimizers_modern.py, docs/optimizers.md "Rules beyond the forum").
+    sophia_gamma: float = 0.01  # γ in clip(m / max(γ·h, ε), 1)
+    sophia_interval: int = 10  # k: the Hessian diagonal is re-estimated every k updates
+    muon_momentum: float = 0.95  # β of Muon's Nesterov momentum (its AdamW part uses b1, b2, eps)
+    muon_ns_steps: int = 5  # Newton–Schulz iterations of the orthogonalisation
+    muon_adam_lr_ratio: float = 1.0  # the AdamW part's lr as a multiple of lr (Jordan: 3e-4 / 0.02)
+    muon_rms_scale: float = 0.0  # 0: Jordan's √max(1, out/in); c > 0: Liu et al.'s c·√max(in, out)
+    ademamix_b3: float = 0.9999  # β3 of the slow EMA
+    ademamix_alpha: float = 5.0  # α, weight of the slow EMA
+    ademamix_warmup_steps: int = -1  # T_α,β3 of the α and β3 warmups; -1: train.steps (the paper's), 0: none
+    prodigy_d0: float = 1e-6  # d0, Prodigy's initial under-estimate of the distance to the solution
+    soap_precondition_frequency: int = 10  # refresh SOAP's eigenbasis every this many updates
+    soap_max_precond_dim: int = 10_000  # a matrix side longer than this is not rotated
 
 
 # docs/optimizers.md, "Presets". The five presets without a suffix carry exactly the forum's table
@@ -186,6 +200,62 @@ PRESETS: dict[str, OptimConfig] = {
     "gpt3_adamw_paper": OptimConfig("gpt3_adamw_paper", "adamw", lr=6e-4, b1=0.9, b2=0.95, eps=1e-8,
                                     weight_decay=0.1, schedule="cosine", warmup_steps=750,
                                     min_lr_ratio=0.1, grad_clip=1.0),
+    # Rules beyond the forum (docs/optimizers.md, "Rules beyond the forum"): each paper's own numbers, and
+    # where the paper is silent the authors' released code's defaults; what neither states is said here.
+    # You et al. 2019, Algorithm 2 and §4 (BERT): β 0.9/0.999, ε 1e-6, decay 0.01 inside the trust ratio.
+    # The paper tunes lr per batch size (with warmup and polynomial decay); 1e-3 is not a paper number but
+    # TF-Addons' LAMB default, a starting point for a sweep.
+    "lamb_paper": OptimConfig("lamb_paper", "lamb", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01),
+    # Chen et al. 2023, §5: β 0.95/0.98 for language models (0.9/0.99 elsewhere); "a suitable learning rate
+    # for Lion is typically 3-10x smaller than that for AdamW" and the decoupled decay "3-10x larger", so
+    # that lr·wd stays AdamW's. Here gpt3_adamw_paper's lr 6e-4 ÷ 10 and decay 0.1 × 10, its schedule kept.
+    "lion_paper": OptimConfig("lion_paper", "lion", lr=6e-5, b1=0.95, b2=0.98, eps=1e-8, weight_decay=1.0,
+                              schedule="cosine", warmup_steps=750, min_lr_ratio=0.1, grad_clip=1.0),
+    # Liu et al. 2023, §3.1 (GPT-2 small, 125M): β1 0.96 (code: 0.965), β2 0.99, ε 1e-12, Hessian every k = 10
+    # steps, γ = 0.01 for the Hutchinson estimator (Sophia-H), cosine to 0.05·lr after 2k warmup steps,
+    # clipping 1.0; lr 6e-4 and decay 0.2 from the authors' README table (Liuhong99/Sophia) for 125M.
+    "sophia_paper": OptimConfig("sophia_paper", "sophia", lr=6e-4, b1=0.965, b2=0.99, eps=1e-12,
+                                weight_decay=0.2, schedule="cosine", warmup_steps=2000, min_lr_ratio=0.05,
+                                grad_clip=1.0, sophia_gamma=0.01, sophia_interval=10),
+    # Jordan et al. 2024 (KellerJordan/Muon README): Muon lr 0.02, Nesterov momentum 0.95, 5 Newton–Schulz
+    # steps, decay 0.01 for the hidden matrices; AdamW lr 3e-4 (ratio 0.015), β 0.9/0.95, decay 0.01 for the
+    # rest. Constant lr as in the README (the speedruns add their own warmup/cooldown).
+    "muon_paper": OptimConfig("muon_paper", "muon", lr=0.02, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
+                              muon_momentum=0.95, muon_ns_steps=5, muon_adam_lr_ratio=0.015),
+    # Liu et al. 2025 ("Muon is Scalable", Moonlight), §2.2: decoupled decay 0.1 on every matrix and the
+    # update scaled to RMS 0.2·√max(A, B) so that Muon reuses AdamW's lr and decay; AdamW β 0.9/0.95 for the
+    # rest. lr and schedule are gpt3_adamw_paper's, as the method intends.
+    "muon_moonlight_paper": OptimConfig("muon_moonlight_paper", "muon", lr=6e-4, b1=0.9, b2=0.95, eps=1e-8,
+                                        weight_decay=0.1, schedule="cosine", warmup_steps=750,
+                                        min_lr_ratio=0.1, grad_clip=1.0, muon_momentum=0.95,
+                                        muon_rms_scale=0.2),
+    # Defazio et al. 2024, Algorithm 1, with the defaults of the authors' AdamWScheduleFree
+    # (facebookresearch/schedule_free): lr 0.0025, β1 0.9 (interpolation), β2 0.999, ε 1e-8, no decay; a
+    # constant lr (warmup, if any, via warmup_steps: the paper warms up, the code's default does not).
+    "schedule_free_adamw_paper": OptimConfig("schedule_free_adamw_paper", "schedule_free_adamw", lr=0.0025,
+                                             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0),
+    # Pagliardini et al. 2024, Algorithm 1 and §4: β1 0.9, β2 0.999, β3 0.9999, α 5, T_α,β3 = T (the run's
+    # length), β_start = β1. The paper keeps its AdamW baseline's lr and decay; gpt3_adamw_paper's here.
+    "ademamix_paper": OptimConfig("ademamix_paper", "ademamix", lr=6e-4, b1=0.9, b2=0.999, eps=1e-8,
+                                  weight_decay=0.1, schedule="cosine", warmup_steps=750, min_lr_ratio=0.1,
+                                  grad_clip=1.0, ademamix_b3=0.9999, ademamix_alpha=5.0,
+                                  ademamix_warmup_steps=-1),
+    # Taniguchi et al. 2024, §5 and the authors' code (iShohei220/adopt): lr 1e-3, β 0.9/0.9999, ε 1e-6,
+    # clipping at t^¼, no decay by default.
+    "adopt_paper": OptimConfig("adopt_paper", "adopt", lr=1e-3, b1=0.9, b2=0.9999, eps=1e-6,
+                               weight_decay=0.0),
+    # Dozat 2016: lr 2e-3, β 0.9/0.999, ε 1e-8 (the defaults Keras and PyTorch take from the paper), with
+    # AdamW's decoupled decay; 0.01 is PyTorch's AdamW default, not a paper number.
+    "nadamw_paper": OptimConfig("nadamw_paper", "nadamw", lr=2e-3, b1=0.9, b2=0.999, eps=1e-8,
+                                weight_decay=0.01),
+    # Mishchenko & Defazio 2023 and the authors' prodigyopt defaults: lr 1.0 (a multiplier of the learned
+    # step d), β 0.9/0.999, β3 = √β2, d0 1e-6, ε 1e-8, no decay; the paper recommends cosine annealing.
+    "prodigy_paper": OptimConfig("prodigy_paper", "prodigy", lr=1.0, b1=0.9, b2=0.999, eps=1e-8,
+                                 weight_decay=0.0, schedule="cosine", prodigy_d0=1e-6),
+    # Vyas et al. 2024 and the authors' code (nikhilvyas/SOAP): lr 3e-3, β 0.95/0.95 (the preconditioner's
+    # decay = β2), ε 1e-8, decoupled decay 0.01, eigenbasis refreshed every 10 steps, sides up to 10000.
+    "soap_paper": OptimConfig("soap_paper", "soap", lr=3e-3, b1=0.95, b2=0.95, eps=1e-8, weight_decay=0.01,
+                              soap_precondition_frequency=10, soap_max_precond_dim=10_000),
 }
 
 
@@ -344,6 +414,26 @@ def validate(cfg: Experiment) -> Experiment:
            f"optim.adafactor_factor_min_dim must be positive, got {o.adafactor_factor_min_dim}")
     _check(o.rule != "adafactor" or o.eps >= 1e-18,
            f"optim.eps must be >= 1e-18 for adafactor (eps**2, its ε1, must be a float32), got {o.eps}")
+    _check(o.sophia_gamma > 0, f"optim.sophia_gamma must be positive, got {o.sophia_gamma}")
+    _check(o.sophia_interval > 0, f"optim.sophia_interval must be positive, got {o.sophia_interval}")
+    _check(0.0 <= o.muon_momentum < 1.0, f"optim.muon_momentum must be in [0, 1), got {o.muon_momentum}")
+    _check(o.muon_ns_steps > 0, f"optim.muon_ns_steps must be positive, got {o.muon_ns_steps}")
+    _check(o.muon_adam_lr_ratio > 0, f"optim.muon_adam_lr_ratio must be positive, got {o.muon_adam_lr_ratio}")
+    _check(o.muon_rms_scale >= 0,
+           f"optim.muon_rms_scale must be >= 0 (0: Jordan's scaling), got {o.muon_rms_scale}")
+    _check(0.0 <= o.ademamix_b3 < 1.0, f"optim.ademamix_b3 must be in [0, 1), got {o.ademamix_b3}")
+    _check(o.ademamix_alpha >= 0, f"optim.ademamix_alpha must be >= 0, got {o.ademamix_alpha}")
+    _check(o.ademamix_warmup_steps >= -1,
+           f"optim.ademamix_warmup_steps must be >= 0, or -1 for train.steps, got {o.ademamix_warmup_steps}")
+    _check(o.rule != "ademamix" or o.ademamix_b3 >= o.b1,
+           f"optim.ademamix_b3 ({o.ademamix_b3}) must be >= optim.b1 ({o.b1}): β3 warms up from β1")
+    _check(o.prodigy_d0 > 0, f"optim.prodigy_d0 must be positive, got {o.prodigy_d0}")
+    _check(o.rule != "schedule_free_adamw" or o.b1 > 0,
+           "optim.b1 must be > 0 for schedule_free_adamw (the average is recovered by dividing by β1)")
+    _check(o.soap_precondition_frequency > 0,
+           f"optim.soap_precondition_frequency must be positive, got {o.soap_precondition_frequency}")
+    _check(o.soap_max_precond_dim > 0,
+           f"optim.soap_max_precond_dim must be positive, got {o.soap_max_precond_dim}")
 
     for field in ("steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                   "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "fsdp", "num_processes"):

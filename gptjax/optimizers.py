@@ -21,6 +21,7 @@ import optax
 
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
+from gptjax.optimizers_modern import MODERN_RULES
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -269,6 +270,7 @@ RULES: dict[str, type[Rule]] = registry(RuleName, {
     "adam_l2": AdamL2,
     "adamw": AdamW,
     "adafactor": Adafactor,
+    **MODERN_RULES,  # gptjax/optimizers_modern.py
 })
 
 
@@ -284,7 +286,10 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
-    tx = build_rule(cfg).build(schedule, mask_fn)
+    rule = build_rule(cfg)
+    if hasattr(rule, "for_run"):  # numbers that depend on the run's length (AdEMAMix's T_α,β3)
+        rule = rule.for_run(total_steps)
+    tx = rule.build(schedule, mask_fn)
     if cfg.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
     return tx

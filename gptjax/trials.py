@@ -25,7 +25,9 @@ from gptjax.optimizers import RULES, build_optimizer
 
 def traceable(rule: str) -> tuple[str, ...]:
     """The OptimConfig fields that rule `rule` lets a vmapped group vary (none for an unknown rule)."""
-    return RULES[rule].TRACEABLE if rule in RULES else ()
+    # The later rules (gptjax/optimizers_modern.py) declare `traceable` fields that vmap through their own
+    # build(); through inject_hyperparams here they are not yet proven, so their groups run separately.
+    return getattr(RULES[rule], "TRACEABLE", ()) if rule in RULES else ()
 
 
 def varying_fields(cfgs: Sequence[Experiment]) -> tuple[str, ...]:

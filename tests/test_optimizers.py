@@ -191,7 +191,8 @@ def config_for(h: dict, **extra) -> OptimConfig:
 
 def test_presets_carry_the_numbers_of_spec_section_2():
     assert list(PRESETS)[:5] == ["bert_adam", "roberta_adam", "t5_adafactor", "gpt2_adam", "gpt3_adamw"]
-    assert set(PRESETS) == set(EXPECTED)
+    # The rules beyond the forum have their own table in tests/test_optimizers_modern.py.
+    assert {n for n, c in PRESETS.items() if c.rule in ("adam_l2", "adamw", "adafactor")} == set(EXPECTED)
     for name, h in EXPECTED.items():
         cfg = PRESETS[name]
         assert cfg.preset == name and cfg.rule == h["rule"]
