@@ -42,11 +42,12 @@ def child(shape_name: str) -> None:
     from common import BYTE_VOCAB, SHAPES, gpt_experiment, random_batches
 
     import gptjax
+    from gptjax.metrics import objective_loss
     from gptjax.sharding import put_batch
-    from gptjax.train import Run
+    from gptjax.train import build_steps, resolve
 
     shape = SHAPES_EXTRA.get(shape_name) or next(s for s in SHAPES if s[0] == shape_name)
-    run = Run(gpt_experiment(*shape[1:], vocab=BYTE_VOCAB, data_parallel=1), BYTE_VOCAB)
+    run = build_steps(resolve(gpt_experiment(*shape[1:], vocab=BYTE_VOCAB, data_parallel=1), BYTE_VOCAB))
     state = run.init()
     batches = [put_batch(b, run.mesh) for b in random_batches(4, shape[5], shape[4], high=256)]
     step = run.step.lower(state, batches[0]).compile()
@@ -64,7 +65,7 @@ def child(shape_name: str) -> None:
             done += 1
         jax.block_until_ready(state)
         wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-        loss = metrics["loss_sum"] / metrics["weight"]
+        loss = objective_loss(metrics)
         print(json.dumps({"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime,
                           "sys_s": r1.ru_stime - r0.ru_stime,
                           "minor_faults": r1.ru_minflt - r0.ru_minflt, "steps_done": done,
