@@ -22,6 +22,7 @@ import optax
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
 from gptjax.optimizers_modern import MODERN_RULES
+from gptjax.soap import key_name
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -32,15 +33,8 @@ Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight deca
 POSITION_KEYS = ("wpe", "position", "enc_bias", "dec_bias")
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _is_position_table(path: tuple) -> bool:
-    return any(tag in _key_name(key) for key in path for tag in POSITION_KEYS)
+    return any(tag in key_name(key) for key in path for tag in POSITION_KEYS)
 
 
 # Scanned layer stacks (`model.scan_layers`) live under this key with a leading layer axis, which does
@@ -49,7 +43,7 @@ STACKED_KEY = "layers"
 
 
 def _ndim(path: tuple, x) -> int:
-    return len(x.shape) - (1 if path and _key_name(path[0]) == STACKED_KEY else 0)
+    return len(x.shape) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
 
 
 def _decay_ndim2(params: Any) -> Any:

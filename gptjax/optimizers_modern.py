@@ -23,7 +23,7 @@ import optax
 from optax import contrib
 
 from gptjax.config import OptimConfig
-from gptjax.soap import scale_by_soap
+from gptjax.soap import key_name, scale_by_soap
 
 Mask = Callable[[Any], Any]
 Schedule = Callable[[Any], Any]
@@ -32,13 +32,6 @@ Schedule = Callable[[Any], Any]
 # Muon orthogonalises the 2-D kernels under them, the "hidden" matrices of Jordan et al.
 HIDDEN_STACKS = ("blocks", "layers", "encoder", "decoder")
 STACKED_KEY = "layers"  # scanned stacks carry a leading layer axis (gptjax/optimizers.py)
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
 
 
 def _decay(rate: Any, mask: Mask) -> optax.GradientTransformation:
@@ -251,7 +244,7 @@ class Sophia:
 def is_hidden_matrix(path: tuple, x) -> bool:
     """A 2-D kernel inside the layer stack (a leading layer axis aside): what Muon orthogonalises.
     Embeddings, position tables, the output head, classifier and pooler heads, norms and biases are not."""
-    names = [_key_name(k) for k in path]
+    names = [key_name(k) for k in path]
     ndim = len(x.shape) - (1 if names and names[0] == STACKED_KEY else 0)
     return bool(names) and names[0] in HIDDEN_STACKS and names[-1] == "kernel" and ndim == 2
 

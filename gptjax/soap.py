@@ -41,7 +41,8 @@ class ScaleBySoapState(NamedTuple):
     q_right: Any  # eigenbasis of R
 
 
-def _key_name(key: Any) -> str:
+def key_name(key: Any) -> str:
+    """A pytree path entry (dict key, attribute or index) as the string a parameter tree names it by."""
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
             return str(getattr(key, attr))
@@ -49,7 +50,7 @@ def _key_name(key: Any) -> str:
 
 
 def _stacked(path: tuple) -> bool:
-    return bool(path) and _key_name(path[0]) == STACKED_KEY
+    return bool(path) and key_name(path[0]) == STACKED_KEY
 
 
 def _sides(path: tuple, x, max_dim: int) -> tuple[int, int]:
