@@ -12,31 +12,34 @@ optax's NamedTuples come back as NamedTuples.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
+
+from gptjax import storage
+from gptjax.storage import PathLike
 
 ITEMS = ("params", "opt_state")
 
 
-def checkpoint_steps(workdir: Path) -> list[int]:
+def checkpoint_steps(workdir: PathLike) -> list[int]:
     """The steps saved under `workdir/checkpoints`, ascending (orbax names each step's directory by its
     number); read from the directory names, so a caller that has not imported JAX need not."""
-    directory = Path(workdir) / "checkpoints"
+    directory = storage.path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
-def checkpoint_step(workdir: Path) -> int:
+def checkpoint_step(workdir: PathLike) -> int:
     """The newest checkpointed step of `workdir`, 0 when none."""
     return max(checkpoint_steps(workdir), default=0)
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: PathLike, keep: int):
         import orbax.checkpoint as ocp  # here, not at the top: `checkpoint_step` must stay JAX-free
 
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.directory = Path(directory).absolute()
+        directory = storage.path(directory)  # a gs:// directory is written through tensorstore
+        self.directory = directory if storage.is_remote(directory) else directory.absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, items: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -83,13 +86,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(workdir: Path) -> tuple[Any, Any, Any]:
+def restore_params(workdir: PathLike) -> tuple[Any, Any, Any]:
     """(config, graphdef, params) of a workdir's latest checkpoint, for any family, from shapes alone: no
     data, no tokenizer, no mesh, no optimizer."""
     from gptjax.config import ConfigError, from_dict
     from gptjax.models import abstract_params
 
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
     cfg = from_dict(json.loads((workdir / "config.json").read_text()))

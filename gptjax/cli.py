@@ -8,15 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
+from gptjax import storage
 from gptjax.config import ConfigError, known_experiments, load_experiment
 from gptjax.guards import EXIT_BAD_INPUT, EXIT_PREEMPTED, Diverged, Preempted
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.experiment, args.overrides)
-    workdir = Path(args.workdir or Path("runs") / cfg.name)
+    workdir = storage.path(args.workdir or f"runs/{cfg.name}")
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} exists and is not a directory")
     from gptjax.train import train  # JAX is imported only once the input is known to be good
@@ -37,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _language_model(workdir: Path):
+def _language_model(workdir):
     """The config of a workdir holding a GPT (what `sample` and `eval` need), or a one-line error."""
     import json
 
@@ -53,7 +53,7 @@ def _language_model(workdir: Path):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
+    workdir = storage.path(args.workdir)
     _language_model(workdir)
     import dataclasses
 
@@ -73,7 +73,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    workdir = Path(args.workdir)
+    workdir = storage.path(args.workdir)
     cfg = _language_model(workdir)
     window = args.window or cfg.model.context
     stride = args.stride or max(1, window // 2)
@@ -81,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--window must be in [1, {cfg.model.context}] (the model's context), got {window}")
     if not 0 < stride <= window:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
-    if args.text and not Path(args.text).is_file():
+    if args.text and not storage.path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
@@ -92,7 +92,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
     if args.text:
-        docs, what = [Path(args.text).read_text()], args.text
+        docs, what = [storage.path(args.text).read_text()], args.text
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
@@ -111,7 +111,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     try:
-        results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
+        results = run_sweep(args.experiment, args.overrides, root=args.dir and storage.path(args.dir),
                             jobs=args.jobs, shard=shard, vmap=args.vmap)
     except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
         print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
@@ -124,8 +124,8 @@ def _report(args: argparse.Namespace) -> int:
     from gptjax.report import write_report
 
     # An experiment given as a path sweeps into runs/<its stem>, as `sweep` does.
-    name = Path(args.experiment).stem if args.experiment.endswith(".py") else args.experiment
-    root = Path(args.dir) if args.dir else Path("runs") / name
+    name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
+    root = storage.path(args.dir or f"runs/{name}")
     path = write_report(root, target=args.target)
     print(f"report written to {path}")
     return 0
@@ -142,7 +142,7 @@ def _describe(args: argparse.Namespace) -> int:
 def _import_hf(args: argparse.Namespace) -> int:
     from gptjax.interop import import_hf
 
-    cfg = import_hf(Path(args.hf_dir), Path(args.workdir), args.overrides)
+    cfg = import_hf(storage.path(args.hf_dir), storage.path(args.workdir), args.overrides)
     print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
           f"d {cfg.model.n_embd}) into {args.workdir}: parameters at step 0; the first train there "
           f"creates the {cfg.optim.preset} optimizer state")
@@ -150,8 +150,14 @@ def _import_hf(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path  # a store is prepared on a local disk (its shards are renamed into place)
+
     from gptjax.data.prepare import prepare, prepare_config
 
+    if storage.is_remote(args.store):
+        raise ConfigError(f"prepare writes a local store, not {args.store}: prepare it on a local disk, then "
+                          f"copy it (gcloud storage cp -r STORE {args.store}) and train with "
+                          f"data.source=store:{args.store}")
     cfg = prepare_config(args.overrides)
     try:
         manifest = prepare(args.source, Path(args.store), cfg, workers=args.workers, unit_mb=args.unit_mb,

@@ -8,11 +8,15 @@ command again resumes where it stopped.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
+import sys
 import threading
-from pathlib import Path
+import time
+
+from gptjax import storage
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
@@ -38,15 +42,15 @@ class WorkdirLock:
     workdir locked; the file only records who holds it, for the error message.
     """
 
-    def __init__(self, workdir: Path):
-        self.path = Path(workdir) / ".lock"
+    def __init__(self, workdir: storage.PathLike):
+        self.path = storage.path(workdir) / ".lock"
         self.file = None
 
     def __enter__(self) -> WorkdirLock:
         from gptjax.config import ConfigError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = self.path.open("a+")
+        file = open(os.fspath(self.path), "a+")  # a local disk only (workdir_lock): flock needs a descriptor
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,6 +71,82 @@ class WorkdirLock:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+
+
+class ObjectLock:
+    """The workdir lock of a bucket (gs://…): a lock object created only if absent, via the storage's
+    generation preconditions (tensorstore's conditional writes; `ifGenerationMatch` on GCS).
+
+    No kernel drops it when the holder dies, so the holder rewrites it every `heartbeat_s` seconds
+    (again conditionally, on its own generation) and a lock not rewritten for `stale_s` seconds belongs
+    to a dead process: it is taken over, conditionally on the generation that was read, so of two
+    processes racing for it exactly one wins. `url` is the directory as tensorstore names it (gs://b/p,
+    or file:///p, whose driver honours the same preconditions).
+    """
+
+    heartbeat_s = 60.0
+    stale_s = 300.0
+    KEY = ".lock"
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.store = None
+        self.generation = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> bytes:
+        return json.dumps({"holder": f"pid {os.getpid()} on {socket.gethostname()}",
+                           "heartbeat": time.time()}).encode()
+
+    def __enter__(self) -> ObjectLock:
+        import tensorstore as ts
+
+        from gptjax.config import ConfigError
+
+        self.store = ts.KvStore.open(self.url + "/").result()
+        current = self.store.read(self.KEY).result()
+        if current.state == "value":
+            try:
+                held = json.loads(current.value)
+                holder, age = held["holder"], time.time() - float(held["heartbeat"])
+            except (ValueError, KeyError, TypeError):
+                holder, age = "an unreadable lock", 0.0
+            if age < self.stale_s:
+                raise ConfigError(f"workdir {self.url} is in use by {holder} (last heartbeat {age:.0f} s "
+                                  f"ago); wait for it to finish or use another --workdir (a lock without a "
+                                  f"heartbeat for {self.stale_s:.0f} s is taken over)")
+        # The generation read (or "no object"): the write fails if anyone wrote the lock since.
+        self.generation = self.store.write(self.KEY, self._record(), if_equal=current.stamp.generation
+                                           ).result().generation
+        if not self.generation:
+            raise ConfigError(f"workdir {self.url} was locked by another process just now; use another "
+                              f"--workdir or wait for it to finish")
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            written = self.store.write(self.KEY, self._record(), if_equal=self.generation).result()
+            generation = written.generation
+            if not generation:
+                print(f"warning: the lock of {self.url} was taken over by another process", file=sys.stderr)
+                return
+            self.generation = generation
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self.store.write(self.KEY, None, if_equal=self.generation).result()  # only our own lock
+
+
+def workdir_lock(workdir: storage.PathLike) -> WorkdirLock | ObjectLock:
+    """The lock of a workdir: `flock` on a local disk, a lock object on a bucket."""
+    workdir = storage.path(workdir)
+    return ObjectLock(os.fspath(workdir)) if storage.is_remote(workdir) else WorkdirLock(workdir)
 
 
 class StopSignals:

@@ -1,6 +1,6 @@
 """Hugging Face checkpoints ⇄ gptjax workdirs: GPT-2, BERT and T5 (v1.0), no torch and no network.
 
-`import_hf(hf_dir, workdir)` reads a local `config.json` + `model.safetensors` (the `safetensors` NumPy
+`import_hf(hf_dir, workdir)` reads a `config.json` + `model.safetensors` (the `safetensors` NumPy
 API), builds the matching `Experiment`, maps every tensor onto the parameter layout of
 `gptjax.models.split_params` and writes a workdir at step 0: `config.json` plus an orbax checkpoint of
 the parameters alone, so `sample`, `eval`, `train` (in that workdir, with the experiment file
@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pprint
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gptjax import storage
 from gptjax.config import (
     PRESETS,
     ConfigError,
@@ -38,6 +37,7 @@ from gptjax.config import (
     to_dict,
     validate,
 )
+from gptjax.storage import PathLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,10 +256,10 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def read_hf_dir(hf_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_hf_dir(hf_dir: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(config.json as a dict, every tensor of model.safetensors — or of its shards — as float32 NumPy;
     float16 and bfloat16 checkpoints are widened)."""
-    hf_dir = Path(hf_dir)
+    hf_dir = storage.path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"{hf_dir} has no config.json (expected a Hugging Face model directory)")
     hf = json.loads((hf_dir / "config.json").read_text())
@@ -281,15 +281,20 @@ def read_hf_dir(hf_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return hf, tensors
 
 
-def _load(path: Path) -> dict[str, Any]:
-    from safetensors.numpy import load_file
+def _load(path: PathLike) -> dict[str, Any]:
+    from safetensors.numpy import load
 
+    data = storage.path(path).read_bytes()
     try:
-        return load_file(path)
+        return load(data)
     except TypeError:  # bfloat16, which NumPy lacks: read as JAX arrays, converted to float32 by the caller
-        from safetensors.flax import load_file as load_jax
+        from safetensors.flax import load as load_jax
 
-        return load_jax(path)
+        return load_jax(data)
+
+
+def _absolute(p):
+    return p if storage.is_remote(p) else p.absolute()
 
 
 def _family(hf: dict[str, Any]) -> Family:
@@ -391,32 +396,32 @@ def get_config():
 '''
 
 
-def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experiment:
+def import_hf(hf_dir: PathLike, workdir: PathLike, overrides: list[str] = ()) -> Experiment:
     """Convert the HF model in `hf_dir` into a new gptjax workdir at step 0; returns its config.
 
     The workdir must not exist yet (or be empty). A `tokenizer.json` in `hf_dir` is copied along.
     """
-    hf_dir, workdir = Path(hf_dir), Path(workdir)
+    hf_dir, workdir = storage.path(hf_dir), storage.path(workdir)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise ConfigError(f"workdir {workdir} already exists and is not empty; import into a new one")
     hf, tensors = read_hf_dir(hf_dir)
     has_tokenizer = (hf_dir / "tokenizer.json").is_file()
     # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) when it has one.
     tokenizer = "hf" if has_tokenizer else None
-    cfg = validate(apply_overrides(hf_experiment(hf, hf_dir.absolute().name, tokenizer), list(overrides)))
+    cfg = validate(apply_overrides(hf_experiment(hf, _absolute(hf_dir).name, tokenizer), list(overrides)))
     params = hf_to_params(hf, tensors, cfg.model)
     from gptjax.checkpoint import Checkpointer
 
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    (workdir / f"{cfg.name}.py").write_text(EXPERIMENT_FILE.format(
+    storage.write_atomic(workdir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    storage.write_atomic(workdir / f"{cfg.name}.py", EXPERIMENT_FILE.format(
         hf_dir=hf_dir, workdir=workdir, name=cfg.name, config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
     if has_tokenizer:
-        shutil.copyfile(hf_dir / "tokenizer.json", workdir / "tokenizer.json")
+        storage.write_atomic(workdir / "tokenizer.json", (hf_dir / "tokenizer.json").read_bytes())
     # Parameters only: the first `train` in this workdir creates the optimizer state of its own config.
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
     checkpointer.save(0, {"params": params}, {"step": 0, "data_position": 0, "seed": cfg.train.seed,
-                                              "imported_from": str(hf_dir.absolute())})
+                                              "imported_from": str(_absolute(hf_dir))})
     checkpointer.close()
     return cfg
 
@@ -450,11 +455,11 @@ def _hf_config(m: ModelConfig) -> dict[str, Any]:
             "is_encoder_decoder": True, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
 
 
-def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
+def export_hf(workdir: PathLike, hf_dir: PathLike) -> Experiment:
     """Write a gptjax workdir's latest parameters as an HF directory (config.json + model.safetensors,
     and tokenizer.json if the workdir has one) that `from_pretrained` loads; the inverse of `import_hf`."""
     from flax.traverse_util import flatten_dict
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from gptjax.checkpoint import restore_params
 
@@ -479,10 +484,11 @@ def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
                 tensors[n] = part.T if row.how == "cat_T" else part
     tensors = {(family.prefix + k if family.prefix and not k.startswith("lm_head") else k):
                np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-    hf_dir = Path(hf_dir)
+    hf_dir = storage.path(hf_dir)
     hf_dir.mkdir(parents=True, exist_ok=True)
-    (hf_dir / "config.json").write_text(json.dumps(_hf_config(m), indent=2) + "\n")
-    save_file(tensors, hf_dir / "model.safetensors", metadata={"format": "pt"})
-    if (Path(workdir) / "tokenizer.json").is_file():
-        shutil.copyfile(Path(workdir) / "tokenizer.json", hf_dir / "tokenizer.json")
+    storage.write_atomic(hf_dir / "config.json", json.dumps(_hf_config(m), indent=2) + "\n")
+    storage.write_atomic(hf_dir / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    tokenizer = storage.path(workdir) / "tokenizer.json"
+    if tokenizer.is_file():
+        storage.write_atomic(hf_dir / "tokenizer.json", tokenizer.read_bytes())
     return cfg

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from gptjax import storage
 
 
 def _per(value: float, by: float) -> float:
@@ -49,15 +51,30 @@ def summarize(sums: dict[str, float], lm: str) -> dict[str, float]:
     return record
 
 
+class _EventFiles:
+    """tensorboardX's writer factory for bucket URLs: event files through `storage.Appender`, so
+    TensorBoard goes through the same path library as everything else."""
+
+    def open(self, path: str) -> storage.Appender:
+        return storage.Appender(path, binary=True)
+
+    def directory_check(self, path: str) -> None:
+        pass  # a bucket has no directories to create
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step and split to `metrics.jsonl`, mirrored to TensorBoard."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: storage.PathLike):
         from tensorboardX import SummaryWriter
+        from tensorboardX.record_writer import register_writer_factory
 
-        self.path = Path(workdir) / "metrics.jsonl"
-        self.file = self.path.open("a")
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        workdir = storage.path(workdir)
+        if storage.is_remote(workdir):
+            register_writer_factory(os.fspath(workdir).split("://")[0], _EventFiles())
+        self.path = workdir / "metrics.jsonl"
+        self.file = storage.Appender(self.path)
+        self.tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **values}
@@ -82,8 +99,8 @@ class NullWriter:
         pass
 
 
-def read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / "metrics.jsonl"
+def read_metrics(workdir: storage.PathLike) -> list[dict[str, Any]]:
+    path = storage.path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -15,13 +15,14 @@ never pooled or compared with each other. docs/reports.md explains how to read i
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
+from gptjax import storage
 from gptjax.config import PRESETS, ConfigError
 from gptjax.metrics import read_metrics
 from gptjax.sweep import read_status
@@ -138,9 +139,9 @@ class RunInfo:
         return len(self.setups) > 1
 
 
-def load_runs(root: Path) -> list[RunInfo]:
+def load_runs(root: storage.PathLike) -> list[RunInfo]:
     """Every variant directory under `root` that holds a config (config.json, else variant.json)."""
-    root = Path(root)
+    root = storage.path(root)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a sweep directory (run `python -m gptjax sweep` first)")
     runs = []
@@ -159,7 +160,7 @@ def load_runs(root: Path) -> list[RunInfo]:
             train=sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]),
             status=read_status(workdir), cfg=_flatten(cfg),
             setups=[r for r in records if r["split"] == "setup"],
-            log_text=log.read_text(errors="replace")[:2000] if log.is_file() else ""))
+            log_text=log.read_bytes().decode(errors="replace")[:2000] if log.is_file() else ""))
     if not runs:
         raise ConfigError(f"{root} holds no variant directories yet")
     return runs
@@ -446,7 +447,13 @@ def preset_axis_notes(settings: list[Setting], base: dict[str, Any] | None = Non
     return lines + [""]
 
 
-def _plots(root: Path, settings: list[Setting], best: dict[str, dict[str, Setting]], unit: Unit
+def _save(fig, path) -> None:
+    buffer = io.BytesIO()  # matplotlib writes to a file object; the bytes go where the report goes
+    fig.savefig(buffer, format="png", dpi=120)
+    storage.write_atomic(path, buffer.getvalue())
+
+
+def _plots(root, settings: list[Setting], best: dict[str, dict[str, Setting]], unit: Unit
            ) -> list[str]:
     import matplotlib
 
@@ -476,7 +483,7 @@ def _plots(root: Path, settings: list[Setting], best: dict[str, dict[str, Settin
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(root / "curves.png", dpi=120)
+    _save(fig, root / "curves.png")
     plt.close(fig)
 
     # A learning rate and Adafactor's relative step are different quantities: one axis each.
@@ -499,7 +506,7 @@ def _plots(root: Path, settings: list[Setting], best: dict[str, dict[str, Settin
                title="sensitivity: mean over seeds ± 95% CI")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(root / "lr_sensitivity.png", dpi=120)
+    _save(fig, root / "lr_sensitivity.png")
     plt.close(fig)
     return ["curves.png", "lr_sensitivity.png"]
 
@@ -572,7 +579,7 @@ def _comparison(settings: list[Setting], target: float | None, unit: Unit, warni
     return lines
 
 
-def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: list[str] = ()) -> str:
+def render(root, runs: list[RunInfo], target: float | None = None, plots: list[str] = ()) -> str:
     """The report's markdown for `runs` (see the module docstring and docs/reports.md)."""
     settings = settings_of(runs)
     modes = by_mode(settings)
@@ -640,13 +647,13 @@ def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: 
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # sections end blank and start blank
 
 
-def write_report(root: Path, target: float | None = None) -> Path:
+def write_report(root: storage.PathLike, target: float | None = None):
     """Write `root/report.md` with `curves.png` and `lr_sensitivity.png` beside it; return its path."""
-    root = Path(root)
+    root = storage.path(root)
     runs = load_runs(root)
     settings = settings_of(runs)
     best = {mode: b for mode, group in by_mode(settings).items() if (b := best_per_optimizer(group))}
     plots = _plots(root, settings, best, _units(runs)[0]) if best else []
     path = root / "report.md"
-    path.write_text(render(root, runs, target, plots))
+    storage.write_atomic(path, render(root, runs, target, plots))
     return path

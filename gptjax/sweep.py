@@ -24,11 +24,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from gptjax import storage
 from gptjax.checkpoint import checkpoint_step
 from gptjax.config import (
     PRESETS,
@@ -207,21 +208,30 @@ def shard_units(units: Sequence[Sequence[str]], shard: tuple[int, int]) -> list[
     return [list(unit) for k, unit in enumerate(sorted(units)) if k % n == i]
 
 
-def read_status(workdir: Path) -> dict[str, Any]:
-    path = Path(workdir) / STATUS
+def read_status(workdir: storage.PathLike) -> dict[str, Any]:
+    path = storage.path(workdir) / STATUS
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
 
 
-def _write_status(workdir: Path, **values: Any) -> None:
-    tmp = Path(workdir) / (STATUS + ".tmp")
-    tmp.write_text(json.dumps(values) + "\n")
-    tmp.replace(Path(workdir) / STATUS)  # atomic: a report made meanwhile never reads half a file
+def _write_status(workdir: storage.PathLike, **values: Any) -> None:
+    # Atomic: a report made meanwhile never reads half a file.
+    storage.write_atomic(storage.path(workdir) / STATUS, json.dumps(values) + "\n")
 
 
-def _last_error(log: Path) -> str:
+def _log_file(root, name: str):
+    """Where a variant's output goes as it runs: its `log.txt`, or for a sweep in a bucket a local file
+    (a child's output needs a file descriptor) copied to the bucket when the variant finishes."""
+    if not storage.is_remote(root):
+        return root / name / "log.txt"
+    local = storage.path(tempfile.gettempdir()) / "gptjax-sweep-logs" / os.fspath(root).replace("://", "/")
+    local.joinpath(name).mkdir(parents=True, exist_ok=True)
+    return local / name / "log.txt"
+
+
+def _last_error(log) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     for line in reversed(lines):  # the exception's own line, not the traceback's frames
         if re.match(r"^(error|[A-Za-z_.]*(Error|Exception|Diverged|Preempted)\b)", line):
@@ -229,13 +239,14 @@ def _last_error(log: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def _start(unit: Sequence[str], variants: dict[str, Experiment], root: Path, jobs: int) -> subprocess.Popen:
+def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int) -> subprocess.Popen:
     # One child per unit: a variant alone, or a vmapped group whose output goes to its first log.
     for name in unit:
         (root / name).mkdir(parents=True, exist_ok=True)
-        (root / name / "variant.json").write_text(json.dumps(to_dict(variants[name]), indent=2) + "\n")
+        storage.write_atomic(root / name / "variant.json",
+                             json.dumps(to_dict(variants[name]), indent=2) + "\n")
     for name in unit[1:]:
-        with (root / name / "log.txt").open("a") as log:
+        with _log_file(root, name).open("a") as log:
             log.write(f"trained vmapped with {', '.join(n for n in unit if n != name)}; the group's "
                       f"output is in ../{unit[0]}/log.txt\n")
     env = dict(os.environ)
@@ -243,7 +254,7 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root: Path, job
         # Several XLA processes on few cores: one compute thread each avoids oversubscribing them.
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    with (root / unit[0] / "log.txt").open("a") as log:
+    with _log_file(root, unit[0]).open("a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gptjax.sweep", *(str(root / n) for n in unit)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     for name in unit:
@@ -251,7 +262,8 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root: Path, job
     return proc
 
 
-def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | None = None, jobs: int = 1,
+def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
+              jobs: int = 1,
               shard: tuple[int, int] = (0, 1), vmap: bool = False, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
@@ -260,7 +272,7 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | No
     `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
     names the variants that no other variant could share a program with."""
     base, variants = load_sweep(experiment, overrides)
-    root = Path(root or Path("runs") / base.name)
+    root = storage.path(root or f"runs/{base.name}")
     if root.exists() and not root.is_dir():
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
     if jobs < 1:
@@ -271,8 +283,8 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | No
     else:
         mine = shard_variants(list(variants), shard)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "sweep.json").write_text(json.dumps({"experiment": base.name, "variants": sorted(variants)},
-                                                indent=2) + "\n")
+    storage.write_atomic(root / "sweep.json", json.dumps({"experiment": base.name,
+                                                          "variants": sorted(variants)}, indent=2) + "\n")
     # Done means done to the variant's current train.steps: raising the steps trains it on.
     todo = [name for name in mine if read_status(root / name).get("status") != "done"
             or read_status(root / name).get("steps") != variants[name].train.steps]
@@ -301,7 +313,10 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: Path | No
                     continue
                 del running[unit]
                 seconds = time.time() - t0
-                error = _last_error(root / unit[0] / "log.txt") if proc.returncode else ""
+                error = _last_error(_log_file(root, unit[0])) if proc.returncode else ""
+                if storage.is_remote(root):
+                    for name in unit:
+                        storage.write_atomic(root / name / "log.txt", _log_file(root, name).read_bytes())
                 how = f" (vmapped, {len(unit)} trials)" if len(unit) > 1 else ""
                 for name in unit:
                     finished += 1
@@ -343,7 +358,7 @@ def _guarded(work) -> tuple[int, Any]:
         return e.exit_code, None
 
 
-def _run_variant(workdir: Path) -> int:
+def _run_variant(workdir) -> int:
     """Child process: train the variant whose config `run_sweep` left in `workdir/variant.json`."""
     from gptjax.train import train
 
@@ -354,7 +369,7 @@ def _run_variant(workdir: Path) -> int:
     return code
 
 
-def _run_group(workdirs: Sequence[Path]) -> int:
+def _run_group(workdirs: Sequence) -> int:
     """Child process: train the variants left in `workdirs` by `run_sweep` as one vmapped group; a trial
     that diverges is recorded failed in its own `status.json` while the others train on."""
     from gptjax.guards import EXIT_DIVERGED
@@ -375,5 +390,5 @@ def _run_group(workdirs: Sequence[Path]) -> int:
 
 
 if __name__ == "__main__":
-    paths = [Path(a) for a in sys.argv[1:]]
+    paths = [storage.path(a) for a in sys.argv[1:]]
     sys.exit(_run_variant(paths[0]) if len(paths) == 1 else _run_group(paths))

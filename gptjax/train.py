@@ -25,13 +25,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gptjax import sharding
+from gptjax import sharding, storage
 from gptjax.checkpoint import Checkpointer, checkpoint_steps, restore_params
 from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import prompt_tokens, sample_text
-from gptjax.guards import StopSignals, WorkdirLock
+from gptjax.guards import StopSignals, workdir_lock
 from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnSignal, Trainer, Trial
 from gptjax.metrics import MetricsWriter, NullWriter
 from gptjax.models import abstract_params, build_model, count_params, split_params, tree_bytes
@@ -291,9 +291,9 @@ def build_steps(*cfgs: Experiment) -> Steps:
         n_params=count_params(abstract), param_bytes=tree_bytes(abstract))
 
 
-def check_workdir(workdir: Path, cfg: Experiment) -> None:
+def check_workdir(workdir: storage.PathLike, cfg: Experiment) -> None:
     """Refuse to continue a run of a different model in the same workdir (before anything is written)."""
-    path = workdir / "config.json"
+    path = storage.path(workdir) / "config.json"
     if not path.exists():
         return
     previous = from_dict(json.loads(path.read_text()))
@@ -306,7 +306,7 @@ def check_workdir(workdir: Path, cfg: Experiment) -> None:
 
 def check_init_from(cfg: Experiment) -> None:
     """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
-    source = Path(cfg.train.init_from)
+    source = storage.path(cfg.train.init_from)
     if not (source / "config.json").exists():
         hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
                 and source.name in known_experiments() else "")
@@ -321,7 +321,7 @@ def check_init_from(cfg: Experiment) -> None:
                           f"{cfg.data.tokenizer}")
 
 
-def merge_init_from(params, source: Path):
+def merge_init_from(params, source: storage.PathLike):
     """`params` with every parameter the run in `source` also has replaced by that run's value.
 
     Parameters only this model has (a new classification head) keep their fresh initialisation; a
@@ -344,30 +344,31 @@ def merge_init_from(params, source: Path):
 
 def load_teacher(workdir: str, vocab_size: int) -> tuple[Any, Any]:
     """(graphdef, params) of the trained model in `workdir`, for the `kl` term; same vocabulary required."""
-    cfg, graphdef, params = restore_params(Path(workdir))
+    cfg, graphdef, params = restore_params(workdir)
     if cfg.model.vocab_size != vocab_size:
         raise ConfigError(f"loss.teacher {workdir} has vocabulary {cfg.model.vocab_size}, "
                           f"the student {vocab_size}")
     return graphdef, params
 
 
-def load_for_inference(workdir: Path) -> tuple[Experiment, Any, Any, Any]:
+def load_for_inference(workdir: storage.PathLike) -> tuple[Experiment, Any, Any, Any]:
     """(config, graphdef, params, tokenizer) of a workdir's config.json, latest checkpoint's parameters
     and tokenizer; no optimizer is built."""
     cfg, graphdef, params = restore_params(workdir)
-    return cfg, graphdef, params, build_tokenizer(cfg.data, cache=Path(workdir) / "tokenizer.json")
+    return cfg, graphdef, params, build_tokenizer(cfg.data, cache=storage.path(workdir) / "tokenizer.json")
 
 
-def train(cfg: Experiment, workdir: Path, *, log=print) -> dict[str, Any]:
+def train(cfg: Experiment, workdir: storage.PathLike, *, log=print) -> dict[str, Any]:
     """Train (or resume) `cfg` in `workdir`; return the final validation metrics and the sample.
 
     Raises `Preempted` after checkpointing when SIGTERM/SIGINT arrives, `Diverged` after
     `train.max_nonfinite_steps` non-finite steps in a row, `ConfigError` for bad input (before writing).
     """
-    return train_trials({Path(workdir): cfg}, log=log)[Path(workdir)]
+    return train_trials({workdir: cfg}, log=log)[workdir]
 
 
-def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict[str, Any]]:
+def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
+                 ) -> dict[storage.PathLike, dict[str, Any]]:
     """Train (or resume) each config in its workdir: one alone, or several (as `varying_fields` allows)
     as one vmapped group, each trial writing to its workdir what it would write alone: `config.json`,
     `metrics.jsonl` (setup, train, val and skipped records; tokens/s and MFU count one trial's tokens),
@@ -376,7 +377,7 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
     {"diverged": message}) while the others train on, and `Diverged` is raised once none is left; the
     rest return {"val", "sample", "step", "val_unigram_entropy"}. SIGTERM/SIGINT: the hooks due at that
     step run, every trial checkpoints, then `Preempted`. ConfigError for bad input, before writing."""
-    workdirs, cfgs = [Path(w) for w in trials], list(trials.values())
+    workdirs, cfgs = [storage.path(w) for w in trials], list(trials.values())
     if len(cfgs) > 1:
         varying_fields(cfgs)
         if cfgs[0].train.init_from:
@@ -385,7 +386,7 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
     if cfgs[0].train.init_from:
         check_init_from(cfgs[0])
     # A trained tokenizer (bpe) is the same for every trial, and for the run init_from starts from.
-    saved = [Path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
+    saved = [storage.path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
     data = build_objective_data(cfgs[0], next((p for p in saved if p.exists()), saved[0]))
     if cfgs[0].objective.name == "causal_lm":
         prompt_tokens(cfgs[0], data.tokenizer)  # a sample that cannot fit fails now, not after training
@@ -403,16 +404,17 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
     lead = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
         for workdir in workdirs if lead else ():
-            stack.enter_context(WorkdirLock(workdir))
+            stack.enter_context(workdir_lock(workdir))
         stop = stack.enter_context(StopSignals())
-        return _train_locked(steps, data, workdirs, stop, log if lead else (lambda *_: None), lead)
+        results = _train_locked(steps, data, workdirs, stop, log if lead else (lambda *_: None), lead)
+    return dict(zip(trials, results.values(), strict=True))  # under the caller's own keys
 
 
-def _train_locked(steps: Steps, data, workdirs: list[Path], stop: StopSignals, log, lead: bool):
+def _train_locked(steps: Steps, data, workdirs: list, stop: StopSignals, log, lead: bool):
     trials = []
     for workdir, c in zip(workdirs, steps.cfgs, strict=True):
         if lead:
-            (workdir / "config.json").write_text(json.dumps(to_dict(c), indent=2) + "\n")
+            storage.write_atomic(workdir / "config.json", json.dumps(to_dict(c), indent=2) + "\n")
             if hasattr(data.tokenizer, "save") and not (workdir / "tokenizer.json").exists():
                 data.tokenizer.save(workdir / "tokenizer.json")  # sample, eval and resume read it back
         trials.append(Trial(workdir=workdir, cfg=c, schedule=build_schedule(c.optim, c.train.steps),
@@ -439,7 +441,7 @@ def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     if restored[0] is None:
         params = steps.init_params()  # one seed, so every trial starts from these parameters
         if cfg.train.init_from:
-            params = merge_init_from(params, Path(cfg.train.init_from))
+            params = merge_init_from(params, cfg.train.init_from)
             log(f"{cfg.name}: parameters from {cfg.train.init_from} "
                 f"(step {checkpoint_steps(cfg.train.init_from)[-1]})")
         separate = [fresh(params) for fresh in steps.fresh]
@@ -463,7 +465,7 @@ def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     return steps.stack(separate), start
 
 
-def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> dict[Path, dict[str, Any]]:
+def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> dict[Any, dict[str, Any]]:
     cfg, t = steps.cfg, steps.cfg.train
     state, start = _restore(steps, trials, log)
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]

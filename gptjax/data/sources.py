@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gptjax import storage
 from gptjax.config import ConfigError, DataConfig, first_line
 
 SPLIT_SEED = 1_234_567  # fixed on purpose: the validation split must not depend on train.seed
@@ -67,7 +68,7 @@ def _pydoc(cfg: DataConfig, arg: str) -> Documents:
     return split_documents([d for d in docs if d.strip()], cfg.val_fraction, "data.source 'pydoc'")
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -79,7 +80,7 @@ def _read_utf8(path: Path) -> str:
                           f"offset {e.start})") from None
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
+def _is_hidden(path, root) -> bool:
     # Skips .git/, .DS_Store and the like, which nobody means as training text.
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
@@ -87,12 +88,11 @@ def _is_hidden(path: Path, root: Path) -> bool:
 def _text(cfg: DataConfig, arg: str) -> Documents:
     if not arg:
         raise ConfigError("data.source 'text:' needs a path, e.g. text:corpus.txt or text:docs/")
-    root = Path(arg).expanduser()
+    root = storage.path(arg)
     if not root.exists():
         raise ConfigError(f"data.source {cfg.source!r}: {root} does not exist")
     if root.is_dir():
-        files = sorted((p for p in root.rglob("*") if p.is_file() and not _is_hidden(p, root)),
-                       key=lambda p: p.relative_to(root).as_posix())
+        files = [p for p in storage.files_under(root) if not _is_hidden(p, root)]
         docs = [_read_utf8(p) for p in files]
         docs = [d for d in docs if d.strip()]
     elif root.is_file():

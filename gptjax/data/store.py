@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax import storage
 from gptjax.config import ConfigError, DataConfig
 from gptjax.data.packing import Batch, renumber_segments, validation_rows
 from gptjax.data.tokenizers import BpeTokenizer, ByteTokenizer, HfTokenizer, Tokenizer, build_tokenizer
@@ -104,15 +105,25 @@ class _Shard:
     in the page cache and out of the process's memory) and its document starts memory-mapped for
     random access (8 bytes per document, a small fraction of the tokens)."""
 
-    def __init__(self, root: Path, shard: dict):
-        self.fd = os.open(root / f"{shard['name']}.tokens", os.O_RDONLY)
+    def __init__(self, root, shard: dict):
+        self.tokens, self.fd = root / f"{shard['name']}.tokens", None
         self.docs = np.empty(0, np.int64)
+        if storage.is_remote(root):  # a bucket: ranged reads of the tokens, the document starts read whole
+            if shard["documents"]:
+                self.docs = np.frombuffer((root / f"{shard['name']}.docs").read_bytes(), np.int64)
+            return
+        self.fd = os.open(self.tokens, os.O_RDONLY)
         if shard["documents"]:
             self.docs = np.memmap(root / f"{shard['name']}.docs", dtype=np.int64, mode="r")
             self.docs._mmap.madvise(mmap.MADV_RANDOM)  # no read-ahead around a binary search's probes
 
+    def read(self, offset: int, size: int) -> bytes:
+        return storage.read_range(self.tokens, offset, size) if self.fd is None else \
+            os.pread(self.fd, size, offset)
+
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
         self.docs = None  # unmaps
 
 
@@ -154,7 +165,7 @@ class SplitReader:
             shard = self._shard(k)
             lo, hi = position - self.offsets_K1[k], min(stop, self.offsets_K1[k + 1]) - self.offsets_K1[k]
             out = slice(position - start, position - start + (hi - lo))
-            data = os.pread(shard.fd, int(hi - lo) * size, int(lo) * size)
+            data = shard.read(int(lo) * size, int(hi - lo) * size)
             if len(data) != (hi - lo) * size:
                 raise ConfigError(f"store {self.root}: shard {self.shards[k]['name']} ends early; run "
                                   "prepare again to redo it")
@@ -177,7 +188,7 @@ class TokenStore:
     """An opened store: its manifest, a `SplitReader` per split, and its tokenizer's identity."""
 
     def __init__(self, path: Path):
-        self.path = path = Path(path).expanduser()
+        self.path = path = storage.path(path)
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             hint = " (preparation unfinished: run prepare again to resume)" if (path / "plan.json").exists() \
@@ -214,7 +225,7 @@ def check_shard(root: Path, shard: dict, dtype: np.dtype) -> None:
         if expected == 0 and suffix == ".docs":
             continue
         try:
-            size = file.stat().st_size
+            size = storage.size(file)
         except OSError:
             raise ConfigError(f"store {root}: shard file {file.relative_to(root)} is missing; run prepare "
                               "again to rebuild it") from None
@@ -340,13 +351,13 @@ def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tok
         raise ConfigError(f"store {store.path} was tokenized with {describe_tokenizer(want)}, but "
                           f"data.tokenizer_vocab={cfg.tokenizer_vocab}; set "
                           f"data.tokenizer_vocab={want['vocab_size']}")
-    if cfg.tokenizer in ("bpe", "hf") and (cache is None or not Path(cache).exists()):
+    if cfg.tokenizer in ("bpe", "hf") and (cache is None or not storage.path(cache).exists()):
         tokenizer = store.load_tokenizer()
     else:
         tokenizer = build_tokenizer(cfg, cache=cache)
     have = tokenizer_identity(tokenizer)
     if have != want:
-        where = f" ({cache})" if cache is not None and Path(cache).exists() else ""
+        where = f" ({cache})" if cache is not None and storage.path(cache).exists() else ""
         raise ConfigError(f"store {store.path} was tokenized with {describe_tokenizer(want)}, this run's "
                           f"tokenizer{where} is {describe_tokenizer(have)}; prepare the corpus with this "
                           "tokenizer or use another workdir")
@@ -355,5 +366,5 @@ def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tok
 
 def store_data(cfg: DataConfig, seed: int, tokenizer_cache: Path | None = None) -> StoreData:
     """`data.source=store:PATH` opened for a causal-LM run; ConfigError (one line) on any mismatch."""
-    store = TokenStore(Path(cfg.source.removeprefix("store:")))
+    store = TokenStore(cfg.source.removeprefix("store:"))
     return StoreData(cfg, seed, store, run_tokenizer(cfg, store, tokenizer_cache))

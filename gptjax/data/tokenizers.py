@@ -16,13 +16,13 @@ model can be sampled from it), `pad_id` (fills short validation rows; its target
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from gptjax import storage
 from gptjax.config import ConfigError, DataConfig, TokenizerKind, first_line, registry
+from gptjax.storage import PathLike
 
 
 class ByteTokenizer:
@@ -138,24 +138,21 @@ class BpeTokenizer:
         """The vocabulary entry of id `i` (bytes shown in GPT-2's printable byte alphabet)."""
         return self._hf.id_to_token(int(i)) or ""
 
-    def save(self, path: Path) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the tokenizer as one JSON file (the `tokenizers` JSON inside a small envelope).
 
         Written to a temporary name and renamed, so a crash never leaves a truncated file behind.
         """
-        path = Path(path)
         payload = {"format": _FORMAT, "vocab_size": self.vocab_size,
                    "tokenizer": json.loads(self._hf.to_str())}
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        storage.write_atomic(path, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: Path) -> BpeTokenizer:
+    def load(cls, path: PathLike) -> BpeTokenizer:
         """The tokenizer saved at `path`; ConfigError (one line) if it is missing or not one of ours."""
         from tokenizers import Tokenizer as HfTokenizer
 
-        path = Path(path)
+        path = storage.path(path)
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
@@ -179,12 +176,12 @@ class BpeTokenizer:
                 f"pad_id=0, eot_id=1, cls_id=2, sep_id=3, mask_id=4, sentinels 5..{4 + N_SENTINELS})")
 
 
-def _byte(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> ByteTokenizer:
+def _byte(cfg: DataConfig, train_docs: list[str] | None, cache: PathLike | None) -> ByteTokenizer:
     return ByteTokenizer()
 
 
-def _bpe(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> BpeTokenizer:
-    if cache is not None and Path(cache).exists():
+def _bpe(cfg: DataConfig, train_docs: list[str] | None, cache: PathLike | None) -> BpeTokenizer:
+    if cache is not None and storage.path(cache).exists():
         tokenizer = BpeTokenizer.load(cache)
         if tokenizer.vocab_size != cfg.tokenizer_vocab:
             raise ConfigError(f"the cached BPE tokenizer {cache} has vocab_size {tokenizer.vocab_size}, but "
@@ -234,20 +231,20 @@ class HfTokenizer:
         self.special_ids = np.array(sorted(special), np.int32)
 
     @classmethod
-    def load(cls, path: Path) -> HfTokenizer:
+    def load(cls, path: PathLike) -> HfTokenizer:
         """The tokenizer.json at `path`; ConfigError (one line) if it is missing or unreadable."""
         from tokenizers import Tokenizer
 
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            return cls(Tokenizer.from_str(storage.path(path).read_text(encoding="utf-8")))
         except ConfigError:
             raise
         except Exception as e:  # tokenizers raises a bare Exception with its parse error
             raise ConfigError(f"cannot load the tokenizer {path}: {first_line(e)}") from None
 
-    def save(self, path: Path) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the tokenizer.json again (a run started with train.init_from keeps its own copy)."""
-        self._hf.save(str(path))
+        storage.write_atomic(path, self._hf.to_str())
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
@@ -261,9 +258,9 @@ class HfTokenizer:
         return f"HfTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, pad_id={self.pad_id})"
 
 
-def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> HfTokenizer:
+def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: PathLike | None) -> HfTokenizer:
     """Registry builder for `data.tokenizer=hf`: the workdir's tokenizer.json (written by `import-hf`)."""
-    if cache is None or not Path(cache).is_file():
+    if cache is None or not storage.path(cache).is_file():
         raise ConfigError(f"data.tokenizer=hf needs the workdir's tokenizer.json (from import-hf); {cache} "
                           "does not exist")
     return HfTokenizer.load(cache)
@@ -272,12 +269,12 @@ def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | No
 Tokenizer = ByteTokenizer | BpeTokenizer | HfTokenizer
 
 # name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
-TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = registry(
+TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, PathLike | None], Tokenizer]] = registry(
     TokenizerKind, {"byte": _byte, "bpe": _bpe, "hf": hf_tokenizer})
 
 
 def build_tokenizer(cfg: DataConfig, train_docs: list[str] | None = None,
-                    cache: Path | None = None) -> Tokenizer:
+                    cache: PathLike | None = None) -> Tokenizer:
     """The tokenizer named by `cfg.tokenizer`; an unknown name is a ConfigError listing the known ones.
 
     `byte` ignores the other arguments. `bpe` loads `cache` if that file exists (ConfigError if its
