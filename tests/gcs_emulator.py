@@ -1,4 +1,5 @@
-"""A real GCS JSON API on 127.0.0.1 for the bucket tests: `gcp-storage-emulator`, in memory, one per session.
+"""A real GCS JSON API on 127.0.0.1 for the bucket tests: `gcp-storage-emulator`, in memory, one per session,
+with the generation header and preconditions it lacks added (tests/gcs_emulator_server.py).
 
 The fixture points both storage clients at it through their own settings, in this process and in the
 children it starts: gcsfs (every path but checkpoints) through `STORAGE_EMULATOR_HOST` with anonymous
@@ -33,7 +34,8 @@ def gcs():
     if python == sys.executable and importlib.util.find_spec("gcp_storage_emulator") is None:
         pytest.fail("gcp-storage-emulator is not installed: pip install -e '.[test]'")
     port = _free_port()
-    proc = subprocess.Popen([python, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+    server = os.path.join(os.path.dirname(__file__), "gcs_emulator_server.py")
+    proc = subprocess.Popen([python, server, "start", "--host=127.0.0.1",
                              f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60

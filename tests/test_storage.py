@@ -158,10 +158,9 @@ def test_import_hf_from_a_bucket_into_a_bucket_equals_the_local_import(gcs, tmp_
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_lock_object_admits_one_holder_and_a_stale_one_is_taken_over(tmp_path, gcs):  # noqa: F811
-    # Exclusion rests on conditional writes; the emulator ignores ifGenerationMatch, so races are
-    # checked on tensorstore's file driver, which honours the same preconditions as GCS.
-    url = (tmp_path / "w").as_uri()
+def test_the_lock_object_admits_one_holder_and_a_stale_one_is_taken_over(gcs):  # noqa: F811
+    # Exclusion rests on conditional writes (ifGenerationMatch), which tensorstore sends to the bucket.
+    url = f"{gcs}/lockdir"
     first = ObjectLock(url).__enter__()
     with pytest.raises(ConfigError, match=r"in use by pid \d+ on .* \(last heartbeat 0 s ago\)"):
         ObjectLock(url).__enter__()
