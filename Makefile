@@ -10,7 +10,8 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate bench-torch bench-mfu bench-allocator prepare bench-data
+	bench-generate bench-torch bench-mfu bench-allocator prepare bench-data \
+	tpu-setup tpu-sweep tpu-experiment
 
 install: $(STAMP)
 
@@ -81,3 +82,20 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Cloud TPU VMs (docs/tpu-vm.md), from any machine with gcloud: every command runs on every worker.
+# make tpu-setup TPU=name ZONE=zone [REPO=url BRANCH=main]
+# make tpu-sweep TPU=name ZONE=zone NAME=optimizer_comparison DIR=gs://bucket/sweeps/x [ARGS=...]
+# make tpu-experiment TPU=name ZONE=zone NAME=gpt2_adam DIR=gs://bucket/runs/x [ARGS=...]
+TPU ?=
+ZONE ?=
+DIR ?=
+BRANCH ?= main
+tpu-setup:
+	$(PYTHON) tools/tpu.py setup --tpu "$(TPU)" --zone "$(ZONE)" --branch "$(BRANCH)" $(if $(REPO),--repo "$(REPO)")
+
+tpu-sweep:
+	$(PYTHON) tools/tpu.py sweep --tpu "$(TPU)" --zone "$(ZONE)" --dir "$(DIR)" $(NAME) $(ARGS)
+
+tpu-experiment:
+	$(PYTHON) tools/tpu.py experiment --tpu "$(TPU)" --zone "$(ZONE)" --workdir "$(DIR)" $(NAME) $(ARGS)

@@ -110,9 +110,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from gptjax.sweep import parse_shard, run_sweep
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    child_env = None
+    if args.per_host:
+        from gptjax.hosts import host_shard, per_host_env
+
+        shard = shard if args.shard else host_shard()
+        child_env = per_host_env(shard[1])
     try:
         results = run_sweep(args.experiment, args.overrides, root=args.dir and storage.path(args.dir),
-                            jobs=args.jobs, shard=shard, vmap=args.vmap)
+                            jobs=args.jobs, shard=shard, vmap=args.vmap, per_host=args.per_host,
+                            child_env=child_env)
     except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
         print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
               file=sys.stderr)
@@ -207,7 +214,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("overrides", nargs="*", metavar="key=value", help="applied to the base config first")
     w.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
     w.add_argument("--shard", help="i/N: run only every N-th variant starting at i (0 <= i < N), for N hosts")
-    w.add_argument("--dir", help="sweep directory (default: runs/<experiment>)")
+    w.add_argument("--dir", help="sweep directory, local or gs://bucket/… (default: runs/<experiment>)")
+    w.add_argument("--per-host", action="store_true",
+                   help="on a multi-host machine (TPU slice, SLURM job), run this host's shard of the "
+                        "variants on its own devices; the shard i/N comes from the environment unless "
+                        "--shard is given")
     w.add_argument("--vmap", action="store_true",
                    help="train variants that differ only in lr/b1/b2/eps/weight_decay of one update rule as "
                         "one vmapped program each; shards then split these groups (use it on every host)")

@@ -239,7 +239,8 @@ def _last_error(log) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int) -> subprocess.Popen:
+def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int,
+           child_env: dict[str, str] | None = None) -> subprocess.Popen:
     # One child per unit: a variant alone, or a vmapped group whose output goes to its first log.
     for name in unit:
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -249,7 +250,7 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
         with _log_file(root, name).open("a") as log:
             log.write(f"trained vmapped with {', '.join(n for n in unit if n != name)}; the group's "
                       f"output is in ../{unit[0]}/log.txt\n")
-    env = dict(os.environ)
+    env = {**os.environ, **(child_env or {})}
     if jobs > 1:
         # Several XLA processes on few cores: one compute thread each avoids oversubscribing them.
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -264,7 +265,8 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
 
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
               jobs: int = 1,
-              shard: tuple[int, int] = (0, 1), vmap: bool = False, log=print) -> dict[str, dict[str, Any]]:
+              shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
+              child_env: dict[str, str] | None = None, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
@@ -277,6 +279,9 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if per_host and (joined := sorted(n for n, v in variants.items() if v.train.distributed)):
+        raise ConfigError(f"--per-host trains each variant on one host's devices, but {joined[0]} sets "
+                          "train.distributed=true (a job across hosts); drop --per-host to run it on all")
     # Shards are drawn from the whole sweep, not from what is left, so every host splits it alike.
     if vmap:
         mine = [name for unit in shard_units(vmap_groups(variants), shard) for name in unit]
@@ -306,7 +311,7 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
         while queue or running:
             while queue and len(running) < jobs:
                 unit = tuple(queue.pop(0))
-                running[unit] = (_start(unit, variants, root, jobs), time.time())
+                running[unit] = (_start(unit, variants, root, jobs, child_env), time.time())
             time.sleep(0.2)
             for unit, (proc, t0) in list(running.items()):
                 if proc.poll() is None:
