@@ -1,5 +1,8 @@
-"""Two processes on localhost (CPU collectives over gloo), 4 devices each = one process with 8."""
+"""Two processes on localhost (CPU collectives over gloo), 4 devices each = one process with 8, and only
+process 0 writing anything but its part of the checkpoints."""
 
+import collections
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +17,30 @@ from gptjax.train import train
 from tests.conftest import TINY_FILE
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Runs the command line with an audit hook (PEP 578) that logs every file the process opens for writing,
+# renames, removes or creates under AUDIT_ROOT: what Python does (metrics, TensorBoard, configs, orbax's
+# metadata); tensorstore's array files are written from C++ and are orbax's cooperative part.
+AUDITED = """
+import os, sys
+log, root = open(os.environ["AUDIT_LOG"], "w", buffering=1), os.environ["AUDIT_ROOT"]
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)):
+        mode, flags = args[1], args[2]
+        writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
+        path = os.fspath(args[0])
+    elif event in ("os.rename", "os.replace", "os.remove", "os.mkdir"):
+        path, writes = args[1] if event in ("os.rename", "os.replace") else args[0], True
+        path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+    else:
+        return
+    if writes and os.path.abspath(path).startswith(root):
+        log.write(event + " " + os.path.relpath(os.path.abspath(path), root) + "\\n")
+sys.addaudithook(hook)
+from gptjax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _free_port() -> int:
@@ -31,11 +58,12 @@ def test_two_processes_of_four_devices_give_the_losses_of_one_process_of_eight(t
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "gptjax", "train", str(experiment), "--workdir", str(tmp_path / "multi"),
+        [sys.executable, "-c", AUDITED, "train", str(experiment), "--workdir", str(tmp_path / "multi"),
          f"train.steps={steps}", "train.eval_every=3", "train.data_parallel=-1", "data.batch_size=8",
          "train.distributed=true", f"train.coordinator_address=127.0.0.1:{port}",
          "train.num_processes=2", f"train.process_id={i}"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        env={**env, "AUDIT_LOG": str(tmp_path / f"writes{i}.txt"), "AUDIT_ROOT": str(tmp_path / "multi")},
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -51,3 +79,16 @@ def test_two_processes_of_four_devices_give_the_losses_of_one_process_of_eight(t
         single = [r["loss"] for r in read_metrics(tmp_path / "single") if r["split"] == split]
         assert len(multi) == len(single) > 0
         np.testing.assert_allclose(multi, single, rtol=1e-5)
+
+    # Writing: process 0 alone writes the run's records; process 1 writes nothing outside checkpoints/,
+    # and no record file is written by both. Every metrics line is whole and written once.
+    writes = [[line.split(" ", 1) for line in (tmp_path / f"writes{i}.txt").read_text().splitlines()]
+              for i in range(2)]
+    outside = [{path for _, path in w if not path.startswith("checkpoints")} for w in writes]
+    assert outside[1] == set(), outside[1]
+    assert {"metrics.jsonl", "config.json", ".lock"} <= outside[0]
+    assert any(p.startswith("tensorboard/events") for p in outside[0])
+    lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # a torn line would not parse
+    counts = collections.Counter((r["split"], r["step"]) for r in records)
+    assert max(counts.values()) == 1 and counts[("train", steps)] == 1
