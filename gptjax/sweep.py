@@ -232,7 +232,7 @@ def _log_file(root, name: str):
 
 
 def _last_error(log) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in log.read_bytes().decode(errors="replace").splitlines() if line.strip()]
     for line in reversed(lines):  # the exception's own line, not the traceback's frames
         if re.match(r"^(error|[A-Za-z_.]*(Error|Exception|Diverged|Preempted)\b)", line):
             return line[:500]
