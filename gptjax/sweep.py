@@ -264,15 +264,17 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
 
 
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
-              jobs: int = 1,
-              shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
+              jobs: int = 1, shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
               child_env: dict[str, str] | None = None, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
     last line (their `log.txt` holds the whole output) while the others continue. With `vmap`, the
     `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
-    names the variants that no other variant could share a program with."""
+    names the variants that no other variant could share a program with. `root` may be a bucket (gs://…):
+    each variant's output is then logged locally and copied to its `log.txt` when it finishes. `per_host`
+    (the shard is this host's, gptjax/hosts.py) refuses variants that join a multi-host job; `child_env` is
+    added to each child's environment."""
     base, variants = load_sweep(experiment, overrides)
     root = storage.path(root or f"runs/{base.name}")
     if root.exists() and not root.is_dir():
