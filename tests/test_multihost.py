@@ -86,6 +86,9 @@ def test_two_processes_of_four_devices_give_the_losses_of_one_process_of_eight(t
               for i in range(2)]
     outside = [{path for _, path in w if not path.startswith("checkpoints")} for w in writes]
     assert outside[1] == set(), outside[1]
+    assert any(path.startswith("checkpoints") for _, path in writes[1])  # its part of each orbax save
+    opened = [{path for event, path in w if event == "open"} for w in writes]
+    assert opened[0].isdisjoint(opened[1])  # no file written by both
     assert {"metrics.jsonl", "config.json", ".lock"} <= outside[0]
     assert any(p.startswith("tensorboard/events") for p in outside[0])
     lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
