@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pprint
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -282,15 +284,20 @@ def read_hf_dir(hf_dir: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]
 
 
 def _load(path: PathLike) -> dict[str, Any]:
-    from safetensors.numpy import load
+    from safetensors.numpy import load_file
 
-    data = storage.path(path).read_bytes()
+    path = storage.path(path)
+    if storage.is_remote(path):  # safetensors reads a file (bfloat16 only that way): copied from the bucket
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, path.name)
+            storage.write_atomic(local, path.read_bytes())
+            return _load(local)
     try:
-        return load(data)
+        return load_file(os.fspath(path))
     except TypeError:  # bfloat16, which NumPy lacks: read as JAX arrays, converted to float32 by the caller
-        from safetensors.flax import load as load_jax
+        from safetensors.flax import load_file as load_jax
 
-        return load_jax(data)
+        return load_jax(os.fspath(path))
 
 
 def _absolute(p):
