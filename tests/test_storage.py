@@ -145,6 +145,7 @@ def test_a_token_store_and_a_text_corpus_in_a_bucket_give_the_local_batches(gcs,
         assert_batches_equal(a, b)
 
 
+@pytest.mark.slow
 def test_import_hf_from_a_bucket_into_a_bucket_equals_the_local_import(gcs, tmp_path):  # noqa: F811
     from gptjax.interop import export_hf, import_hf
 
