@@ -161,6 +161,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
     from gptjax.data.prepare import prepare, prepare_config
 
+    if "://" in args.source:
+        raise ConfigError(f"prepare reads local files, not {args.source}: copy the corpus to a local disk "
+                          "first (gcloud storage cp -r); training reads text:gs://… directly")
     if storage.is_remote(args.store):
         raise ConfigError(f"prepare writes a local store, not {args.store}: prepare it on a local disk, then "
                           f"copy it (gcloud storage cp -r STORE {args.store}) and train with "

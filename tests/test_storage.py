@@ -200,3 +200,12 @@ def test_the_lock_object_admits_one_holder_and_a_stale_one_is_taken_over(gcs):  
     with lock, pytest.raises(ConfigError, match="is in use by"):
         workdir_lock(f"{gcs}/locked").__enter__()
     assert not storage.path(f"{gcs}/locked/.lock").exists()
+
+
+def test_prepare_refuses_a_bucket_in_one_line_before_reading_anything(capsys, tmp_path):
+    assert cli.main(["prepare", "text:gs://b/corpus", str(tmp_path / "s")]) == 2
+    assert cli.main(["prepare", "pydoc", "gs://b/stores/pydoc"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: prepare reads local files, not text:gs://b/corpus")
+    assert err[1].startswith("error: prepare writes a local store, not gs://b/stores/pydoc")
+    assert not (tmp_path / "s").exists()
