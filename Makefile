@@ -4,7 +4,7 @@
 # Python 3.11, the reference extra (PyTorch CPU, transformers). The stamp file makes later calls free until
 # pyproject.toml or a lock file changes. docs/environment.md has the details.
 #   PYTHON=python3.12   the interpreter (an explicit one that differs from .venv's starts .venv afresh)
-#   ACCEL=cpu|tpu|cuda|cuda12|cuda13   the JAX build; detected by default (tools/machine.py accel), then
+#   ACCEL=cpu|tpu|cuda|cuda12|cuda13   the JAX build; detected by default (gptjax/environment.py accel), then
 #                       kept; an explicit one that differs from .venv's starts .venv afresh
 #   LOCKED=0            resolve from pyproject.toml's ranges instead (a platform with no lock file)
 PYTHON ?=
@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 NAME ?= default
 ARGS ?=
 JOBS ?= 2
-# Locks are made for these Pythons (tools/machine.py SUPPORTED) and for Linux on x86-64 with glibc 2.31 or
+# Locks are made for these Pythons (gptjax/environment.py SUPPORTED) and for Linux on x86-64 with glibc 2.31 or
 # newer (libtpu's wheels need it).
 LOCK_PYTHONS := 3.11 3.12 3.13
 LOCK_PLATFORM ?= x86_64-manylinux_2_31
@@ -48,9 +48,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(wildcard locks/*.txt) $(if $(FRESH),FORCE)
 	@set -e; $(if $(FRESH),rm -rf $(VENV);) \
-	if [ -x $(PY) ]; then py=$(PY); else py=$$(python3 tools/machine.py python $(PYTHON)); fi; \
+	if [ -x $(PY) ]; then py=$(PY); else py=$$(python3 -I gptjax/environment.py python $(PYTHON)); fi; \
 	ver=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	accel=$$(python3 tools/machine.py accel $(or $(ACCEL),$(KEPT_ACCEL))); \
+	accel=$$(python3 -I gptjax/environment.py accel $(or $(ACCEL),$(KEPT_ACCEL))); \
 	lock=locks/py$$ver-$$accel.txt; ref=locks/py$$ver-reference.txt; \
 	if [ "$(LOCKED)" = 1 ] && [ ! -f $$lock ]; then \
 		echo "no lock file $$lock for this Python and accelerator; make install LOCKED=0 resolves from" \
@@ -66,7 +66,7 @@ $(STAMP): pyproject.toml $(wildcard locks/*.txt) $(if $(FRESH),FORCE)
 		elif ! $(PY) -m pip install --quiet --no-deps --require-hashes -r $$ref; then ref=; \
 			echo "reference extra not installed (no torch 2.13.0+cpu wheel found; PIP_EXTRA_INDEX_URL=" \
 				"https://download.pytorch.org/whl/cpu make install brings it): the equality tests skip"; fi; \
-		$(PY) -m pip freeze --exclude-editable | python3 tools/machine.py surplus $$lock $$ref \
+		$(PY) -m pip freeze --exclude-editable | python3 -I gptjax/environment.py surplus $$lock $$ref \
 			| xargs -r $(PY) -m pip uninstall --quiet -y; \
 		$(PY) -m pip install --quiet --no-deps -e .; \
 	else \

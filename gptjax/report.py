@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from gptjax import environment
 from gptjax.config import ConfigError
 from gptjax.metrics import read_metrics
 from gptjax.sweep import read_status
@@ -215,6 +216,7 @@ def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: 
     lines = [f"# Sweep report: {root.name}", "",
              f"{done} of {len(runs) + len(not_started)} variants finished; numbers are validation losses "
              f"(nats/token) from `metrics.jsonl`, mean ± 95% t-interval over seeds of the finished runs.", ""]
+    lines += environment.report_lines(rec for r in runs for rec in read_metrics(root / r.name))
     lines += ["## Final loss per setting", "", "| optimizer | lr | runs done | final val loss |",
               "| --- | --- | --- | --- |"]
     for s in settings:

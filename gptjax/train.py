@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gptjax import sharding
+from gptjax import environment, sharding
 from gptjax.checkpoint import Checkpointer, checkpoint_steps
 from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
@@ -282,7 +282,8 @@ def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: b
     peak = peak_flops(run.mesh.devices.flat[0])
     peak = peak * run.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)  # what a model that ignores context can reach
-    writer.write(start, "setup", {"val_unigram_entropy": unigram, "params": run.n_params,
+    env = environment.announce(log)  # platform, device kinds, versions; warns when an accelerator is unused
+    writer.write(start, "setup", {"environment": env, "val_unigram_entropy": unigram, "params": run.n_params,
                                   "param_bytes": run.param_bytes,
                                   "opt_state_bytes": run.opt_state_bytes,
                                   "opt_state_bytes_per_param": run.opt_state_bytes / run.n_params,

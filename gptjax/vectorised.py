@@ -28,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gptjax import sharding
+from gptjax import environment, sharding
 from gptjax.checkpoint import Checkpointer
 from gptjax.config import ConfigError, Experiment, OptimConfig, to_dict
 from gptjax.data import build_data, unigram_entropy
@@ -237,10 +237,12 @@ def _train_group_locked(run: Run, data, workdirs: list[Path], layouts: list[_Lay
     peak = peak_flops(run.mesh.devices.flat[0])
     peak = peak * run.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)
+    env = environment.announce(log)  # platform, device kinds, versions; warns when an accelerator is unused
     for writer, layout in zip(writers, layouts, strict=True):
         opt_bytes = tree_bytes(layout.abstract.opt_state)
-        writer.write(start, "setup", {"val_unigram_entropy": unigram, "params": run.n_params,
-                                      "param_bytes": run.param_bytes, "opt_state_bytes": opt_bytes,
+        writer.write(start, "setup", {"environment": env, "val_unigram_entropy": unigram,
+                                      "params": run.n_params, "param_bytes": run.param_bytes,
+                                      "opt_state_bytes": opt_bytes,
                                       "opt_state_bytes_per_param": opt_bytes / run.n_params,
                                       "devices": len(run.mesh.devices.flat), "compile_s": compile_s,
                                       "flops_per_token": model_flops, "peak_flops": peak,
