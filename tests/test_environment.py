@@ -4,9 +4,11 @@ and report carries, and the one-line warning for an unused accelerator."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -164,6 +166,13 @@ def test_every_supported_python_has_a_lock_for_every_accelerator_and_installs_ex
         assert "\nlibtpu==" in (locks / f"py{major}.{minor}-tpu.txt").read_text()
     expected = [f"py{a}.{b}-{accel}.txt" for a, b in env.SUPPORTED for accel in env.ACCELS]
     assert sorted(p.name for p in locks.glob("*.txt")) == sorted([*expected, "py3.11-reference.txt"])
+    # Every dependency pyproject.toml names is pinned in every lock (a new one needs `make lock`).
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.match(r"[A-Za-z0-9._-]+", r).group() for r in project["dependencies"] +
+             project["optional-dependencies"]["test"]]
+    for lock in locks.glob("*.txt"):
+        pinned = {env._normal(m) for m in re.findall(r"^([A-Za-z0-9._-]+)==", lock.read_text(), re.M)}
+        assert {env._normal(n) for n in names} <= pinned, (lock.name, set(map(env._normal, names)) - pinned)
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK_PYTHONS := " + " ".join(f"{a}.{b}" for a, b in env.SUPPORTED) + "\n" in makefile
 
