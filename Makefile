@@ -16,8 +16,8 @@ STAMP := $(VENV)/.installed
 NAME ?= default
 ARGS ?=
 JOBS ?= 2
-# Locks are made for these Pythons (gptjax/environment.py SUPPORTED) and for Linux on x86-64 with glibc 2.31 or
-# newer (libtpu's wheels need it).
+# Locks are made for these Pythons (gptjax/environment.py SUPPORTED) and for Linux on x86-64 with glibc
+# 2.31 or newer (libtpu's wheels need it).
 LOCK_PYTHONS := 3.11 3.12 3.13
 LOCK_PLATFORM ?= x86_64-manylinux_2_31
 UV ?= $(VENV)/bin/uv
@@ -72,7 +72,7 @@ $(STAMP): pyproject.toml $(wildcard locks/*.txt) $(if $(FRESH),FORCE)
 	else \
 		$(PY) -m pip install --quiet -e ".[test$$(test $$accel = cpu || echo ,$$accel)]"; fi; \
 	$(PY) -m pip check; \
-	echo "pycmd=$(PYTHON) python=$$ver accel=$$accel lock=$(if $(filter 1,$(LOCKED)),$$lock,none)" > $(STAMP)
+	echo "pycmd=$(PYTHON) python=$$ver accel=$$accel lock=$(if $(filter 1,$(LOCKED)),$$lock $$ref,none)" > $(STAMP)
 
 FORCE:
 
