@@ -72,7 +72,7 @@ $(STAMP): pyproject.toml $(wildcard locks/*.txt) $(if $(FRESH),FORCE)
 	else \
 		$(PY) -m pip install --quiet -e ".[test$$(test $$accel = cpu || echo ,$$accel)]"; fi; \
 	$(PY) -m pip check; \
-	echo "pycmd=$(PYTHON) python=$$ver accel=$$accel lock=$(if $(filter 1,$(LOCKED)),$$lock $$ref,none)" > $(STAMP)
+	echo "pycmd=$(or $(PYTHON),python3) python=$$ver accel=$$accel lock=$(if $(filter 1,$(LOCKED)),$$lock $$ref,none)" > $(STAMP)
 
 FORCE:
 
