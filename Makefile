@@ -42,7 +42,7 @@ endif
 KEPT_ACCEL := $(patsubst accel=%,%,$(filter accel=%,$(INSTALLED)))
 
 .PHONY: install lock experiment sample test lint clean sweep report describe bench bench-loss bench-sweep \
-	bench-compile bench-generate bench-torch bench-mfu FORCE
+	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data FORCE
 
 install: $(STAMP)
 
@@ -103,6 +103,11 @@ sample: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
 
+# Tokenize a corpus once into a token store, then train on it with data.source=store:STORE:
+# make prepare SOURCE=text:book.txt STORE=stores/book ARGS='data.tokenizer=bpe'
+prepare: $(STAMP)
+	$(PY) -m gptjax prepare $(SOURCE) $(STORE) $(ARGS)
+
 sweep: $(STAMP)
 	$(PY) -m gptjax sweep $(NAME) $(ARGS)
 
@@ -126,16 +131,24 @@ bench-compile: $(STAMP)
 bench-generate: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
-# gptjax against Hugging Face's PyTorch GPT-2 on the same model and batch (needs the reference extra).
+# glibc malloc's setting (gptjax/allocator.py) on and off: page faults, system time, tokens/s, peak RSS.
+bench-allocator: $(STAMP)
+	$(PY) benchmarks/bench_allocator.py
+
+# gptjax against Hugging Face's PyTorch GPT-2 and a nanoGPT-style PyTorch GPT (needs the reference extra).
 bench-torch: $(STAMP)
 	$(PY) benchmarks/bench_torch.py
+
+# prepare MB/s (byte, BPE), loader tokens/s, start-up and peak RSS on a 2 GB vs a 20 MB store (data.json).
+bench-data: $(STAMP)
+	$(PY) benchmarks/bench_data.py
 
 # GPT-2 small, T 1024, bfloat16 MFU on a GPU/TPU (benchmarks/results/mfu.json); says so and skips on a CPU.
 bench-mfu: $(STAMP)
 	$(PY) benchmarks/bench_mfu.py
 
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-torch bench-mfu
+bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

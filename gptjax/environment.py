@@ -1,8 +1,8 @@
 """The software and hardware a result came from, and what `make install` needs to know before JAX exists.
 
 `record()` is the environment of this process (Python, jax, jaxlib, flax, optax and orbax-checkpoint
-versions, JAX's platform and device kinds); training writes it into metrics.jsonl's `setup` record, the
-benchmarks into their results files, and `report_lines` turns the runs' records into a report's lines.
+versions, JAX's platform and device kinds); training writes it into metrics.jsonl's `setup` record and
+the benchmarks into their results files, and a sweep report names it from the runs' setup records.
 `announce` logs the platform a run got, and one warning line when the machine has a TPU or NVIDIA GPU
 that JAX does not use. The rest is standard library only, and this file also runs as a script under any
 Python 3.7+ (`python3 -I gptjax/environment.py python|pythons|accel|surplus`): the Makefile asks it which
@@ -62,6 +62,11 @@ def record() -> dict:
     return {**versions(), **devices()}
 
 
+def cpus() -> int:
+    """The machine's CPU count, to read a load average against (the load counts the whole machine)."""
+    return os.cpu_count() or 1
+
+
 def summary(env: dict) -> str:
     """One line for a log: "platform cpu: 8 devices (cpu); Python 3.11.7, jax 0.10.2, ..."."""
     kinds = ", ".join(env.get("device_kinds") or ["?"])
@@ -102,22 +107,6 @@ def announce(log, env: dict | None = None, present: str | None = None) -> dict:
         if warning:
             log(warning)
     return env
-
-
-def report_lines(records) -> list:
-    """Markdown lines naming the environment(s) that the runs' `setup` records (any metrics records;
-    the others are ignored) came from: one line when all agree, else one per distinct environment with
-    how many runs it produced, so a mixed sweep says so."""
-    counts = {}
-    for r in records:
-        if r.get("split") == "setup":
-            key = summary(r["environment"]) if "environment" in r else "not recorded (an older run)"
-            counts[key] = counts.get(key, 0) + 1
-    if len(counts) <= 1:
-        return [f"Environment: {line}." for line in counts] + [""] * bool(counts)
-    lines = ["Environments (the runs differ):", ""]
-    lines += [f"- {n} run(s): {line}" for line, n in sorted(counts.items())]
-    return lines + [""]
 
 
 # ---- Before installing: which Python, which accelerator (standard library; Python 3.7+ syntax) ----

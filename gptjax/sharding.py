@@ -51,7 +51,7 @@ def make_mesh(cfg: TrainConfig, batch_size: int, batch_name: str = "data.batch_s
     if batch_size % n:
         raise ConfigError(f"{batch_name} ({batch_size}) must be divisible by the number of devices "
                           f"it is split over ({n} = data {data} × fsdp {cfg.fsdp})")
-    # Auto axis types: explicit sharding types make embedding gathers fail (DESIGN.md, known facts).
+    # Auto axis types: explicit sharding types make embedding gathers fail (docs/scaling.md).
     auto = jax.sharding.AxisType.Auto
     return jax.make_mesh((data, cfg.fsdp), BATCH_AXES, axis_types=(auto, auto), devices=devices[:n])
 

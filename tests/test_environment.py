@@ -16,6 +16,7 @@ import jax
 import pytest
 
 from gptjax import environment as env
+from gptjax import report
 from gptjax.metrics import read_metrics
 from gptjax.train import train
 from tests.conftest import tiny_experiment
@@ -212,11 +213,22 @@ def test_the_record_names_versions_and_devices_and_reaches_metrics_and_reports(t
     assert setup["environment"] == record
     assert env.summary(record) in logged
 
-    assert env.report_lines([setup, {"split": "val"}, setup]) == [f"Environment: {env.summary(record)}.", ""]
-    older = {"split": "setup"}
-    lines = env.report_lines([setup, older, setup])
-    assert lines[0] == "Environments (the runs differ):" and f"- 2 run(s): {env.summary(record)}" in lines
-    assert "- 1 run(s): not recorded (an older run)" in lines
+    # How it ran and how busy the machine was: a run of its own, the load triple at its start.
+    assert setup["execution"] == "single" and setup["cpus"] == os.cpu_count()
+    assert len(setup["load_avg"]) == 3 and all(v >= 0 for v in setup["load_avg"])
+
+    # The report names the environment from the runs' own records, and one line per environment when
+    # they differ (a run from before the record says "not recorded").
+    line = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in
+                     sorted({**record, "devices": setup["devices"]}.items()))
+    assert report.environment(report.load_runs(tmp_path)) == [f"Environment: {line}."]
+    older = tmp_path / "older"
+    older.mkdir()
+    shutil.copy(tmp_path / "run" / "config.json", older / "config.json")
+    (older / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "setup"}) + "\n")
+    lines = report.environment(report.load_runs(tmp_path))
+    assert lines[0] == "Environment: **the runs differ** —" and f"- {line}: 1 run(s), e.g. `run`" in lines
+    assert "- not recorded: 1 run(s), e.g. `older`" in lines
 
 
 def test_make_install_with_a_too_old_python_prints_one_line(tmp_path):

@@ -9,7 +9,7 @@ from gptjax.config import ConfigError, TrainConfig
 from gptjax.data import build_data
 from gptjax.metrics import read_metrics
 from gptjax.sharding import fsdp_spec, make_mesh
-from gptjax.train import Run, train
+from gptjax.train import build_steps, resolve, train
 from tests.conftest import tiny_experiment
 
 
@@ -37,8 +37,7 @@ def test_mesh_shapes_and_their_errors():
 
 def test_state_is_sharded_along_fsdp_and_never_whole_on_one_device():
     cfg = tiny_experiment(data_parallel=2, fsdp=4)
-    run = Run(cfg, build_data(cfg.data, 0).tokenizer.vocab_size)
-    state = run.init()
+    state = build_steps(resolve(cfg, build_data(cfg.data, 0).tokenizer.vocab_size)).init()
     embedding = state.params["wte"]["embedding"]  # (258, 32): 32 is divisible by 4, 258 is not
     assert embedding.sharding.spec == P(None, "fsdp")
     assert {shard.data.shape for shard in embedding.addressable_shards} == {(258, 8)}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from gptjax.config import ModelConfig
+from gptjax.config import Family, ModelConfig, registry
 from gptjax.models.bert import Bert
 from gptjax.models.gpt import GPT, count_params
 from gptjax.models.t5 import T5
 
-MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
+MODELS = registry(Family, {"gpt": GPT, "bert": Bert, "t5": T5})
 
 
 def tree_bytes(tree) -> int:
