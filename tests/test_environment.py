@@ -17,8 +17,7 @@ import pytest
 
 from gptjax import environment as env
 from gptjax import report
-from gptjax.metrics import read_metrics
-from gptjax.train import train
+from gptjax.config import to_dict
 from tests.conftest import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +195,9 @@ def test_this_environment_matches_its_lock():
         assert metadata.version(name) == pins[name], name
 
 
-def test_the_record_names_versions_and_devices_and_reaches_metrics_and_reports(tmp_path):
+def test_the_record_names_versions_and_devices_and_a_report_names_it(tmp_path):
+    """What the record holds, against the packages' metadata and JAX itself; how a report names the
+    records its runs wrote. (That training writes it into the setup record: tests/test_train.py.)"""
     record = env.record()
     assert record["python"] == ".".join(map(str, sys.version_info[:3]))
     for name in env.PACKAGES:
@@ -206,28 +207,20 @@ def test_the_record_names_versions_and_devices_and_reaches_metrics_and_reports(t
     assert record["device_kinds"] == sorted({d.device_kind for d in jax.devices()})
     assert record["device_count"] == 8 and record["process_count"] == 1
     json.dumps(record)  # a results file and metrics.jsonl store it as JSON
+    assert env.cpus() == os.cpu_count()
 
-    logged = []
-    train(tiny_experiment(steps=2, eval_every=2), tmp_path / "run", log=logged.append)
-    setup = next(r for r in read_metrics(tmp_path / "run") if r["split"] == "setup")
-    assert setup["environment"] == record
-    assert env.summary(record) in logged
-
-    # How it ran and how busy the machine was: a run of its own, the load triple at its start.
-    assert setup["execution"] == "single" and setup["cpus"] == os.cpu_count()
-    assert len(setup["load_avg"]) == 3 and all(v >= 0 for v in setup["load_avg"])
-
-    # The report names the environment from the runs' own records, and one line per environment when
-    # they differ (a run from before the record says "not recorded").
+    # One line when the runs agree; one line per environment when they differ (an older run: none).
+    config = json.dumps(to_dict(tiny_experiment()))
+    for name, setup in (("a", {"environment": record, "devices": 8}), ("b", {"environment": record, "devices": 8}),
+                        ("older", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "setup", **setup}))
     line = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in
-                     sorted({**record, "devices": setup["devices"]}.items()))
-    assert report.environment(report.load_runs(tmp_path)) == [f"Environment: {line}."]
-    older = tmp_path / "older"
-    older.mkdir()
-    shutil.copy(tmp_path / "run" / "config.json", older / "config.json")
-    (older / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "setup"}) + "\n")
+                     sorted({**record, "devices": 8}.items()))
+    assert report.environment(report.load_runs(tmp_path)[:2]) == [f"Environment: {line}."]
     lines = report.environment(report.load_runs(tmp_path))
-    assert lines[0] == "Environment: **the runs differ** —" and f"- {line}: 1 run(s), e.g. `run`" in lines
+    assert lines[0] == "Environment: **the runs differ** —" and f"- {line}: 2 run(s), e.g. `a`" in lines
     assert "- not recorded: 1 run(s), e.g. `older`" in lines
 
 

@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
+from gptjax import environment
 from gptjax.cli import main
 from gptjax.config import ConfigError
 from gptjax.metrics import read_metrics
@@ -25,9 +27,16 @@ def _params(workdir):
 def test_a_run_writes_every_output_and_learns(tmp_path):
     cfg = tiny_experiment(steps=30, eval_every=10, log_every=5, checkpoint_every=10)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=3e-3))
-    result = train(cfg, tmp_path, log=lambda *_: None)
+    logged = []
+    result = train(cfg, tmp_path, log=logged.append)
     assert json.loads((tmp_path / "config.json").read_text())["model"]["vocab_size"] == 258
     records = read_metrics(tmp_path)
+    # The setup record: the software and devices (logged in one line too), how the run executed, and
+    # the machine's load average and CPU count at its start.
+    setup = records[0]
+    assert setup["split"] == "setup" and setup["environment"] == environment.record()
+    assert environment.summary(setup["environment"]) in logged
+    assert setup["execution"] == "single" and setup["cpus"] == os.cpu_count() and len(setup["load_avg"]) == 3
     train_records = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
     for key in ("loss", "perplexity", "lr", "tokens_per_s", "elapsed_s", "accuracy", "grad_norm"):
