@@ -41,7 +41,7 @@ endif
 endif
 KEPT_ACCEL := $(patsubst accel=%,%,$(filter accel=%,$(INSTALLED)))
 
-.PHONY: install lock experiment sample test lint clean sweep report describe bench bench-loss bench-sweep \
+.PHONY: install lock experiment sample test test-quick lint clean sweep report describe bench bench-loss bench-sweep \
 	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data FORCE
 
 install: $(STAMP)
@@ -102,6 +102,14 @@ sample: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
+
+# The tests whose numbers depend on the library versions (losses, optimizers and models against their
+# references, configs, the environment and lock checks): what CI runs on the highest supported Python,
+# where the whole suite would double CI's time (.ci/run, docs/environment.md "CI").
+QUICK_TESTS := tests/test_environment.py tests/test_config.py tests/test_losses.py tests/test_optimizers.py \
+	tests/test_optimizers_modern.py tests/test_models.py
+test-quick: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -q $(QUICK_TESTS)
 
 # Tokenize a corpus once into a token store, then train on it with data.source=store:STORE:
 # make prepare SOURCE=text:book.txt STORE=stores/book ARGS='data.tokenizer=bpe'

@@ -211,8 +211,8 @@ def test_the_record_names_versions_and_devices_and_a_report_names_it(tmp_path):
 
     # One line when the runs agree; one line per environment when they differ (an older run: none).
     config = json.dumps(to_dict(tiny_experiment()))
-    for name, setup in (("a", {"environment": record, "devices": 8}), ("b", {"environment": record, "devices": 8}),
-                        ("older", {})):
+    recorded = {"environment": record, "devices": 8}
+    for name, setup in (("a", recorded), ("b", recorded), ("older", {})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(config)
         (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "setup", **setup}))
