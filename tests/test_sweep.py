@@ -239,7 +239,8 @@ def test_vmap_sweep_equals_separate_runs_falls_back_skips_and_reports(vmap_sweep
 
     cfg = resolve(variants[GROUP[0]], build_tokenizer(variants[GROUP[0]].data).vocab_size)
     start = jax.device_get(init_params(cfg.train.seed, cfg=cfg))
-    squares = {name: jax.tree.map(lambda a, b: np.sum((np.asarray(a) - b) ** 2), finals[name].params, start)
+    squares = {name: jax.tree.map(lambda a, b: np.sum((np.asarray(a) - b) ** 2), finals[name]["params"],
+                                   start)
                for name in GROUP}
     moved = {name: np.sqrt(sum(jax.tree.leaves(tree))) for name, tree in squares.items()}
     assert moved[GROUP[1]] > 6 * moved["preset=bert_adam"] > 0, moved
