@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 from gptjax.config import ConfigError, known_experiments, load_experiment
-from gptjax.guards import EXIT_BAD_INPUT, EXIT_PREEMPTED, Diverged, Preempted
+from gptjax.guards import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_PREEMPTED,
+    Diverged,
+    Interrupted,
+    Preempted,
+    check_writable,
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -19,6 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} exists and is not a directory")
+    check_writable(workdir)
     from gptjax.train import train  # JAX is imported only once the input is known to be good
 
     result = train(cfg, workdir)
@@ -110,14 +119,25 @@ def _sweep(args: argparse.Namespace) -> int:
     from gptjax.sweep import parse_shard, run_sweep
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    try:
-        results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
-                            jobs=args.jobs, shard=shard, vmap=args.vmap)
-    except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
-        print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
+    # SIGTERM/SIGINT: run_sweep passes it to the running variants, records them stopped, raises Preempted.
+    results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
+                        jobs=args.jobs, shard=shard, vmap=args.vmap)
+    return sweep_exit_code(results)
+
+
+def sweep_exit_code(results: dict) -> int:
+    """1 when a variant failed; else `EXIT_BUSY` (with one line) when another sweep was training some of
+    them, which are neither done nor failed here; else 0."""
+    if any(s.get("status") == "failed" for s in results.values()):
+        return 1
+    elsewhere = sorted(name for name, s in results.items() if s.get("status") == "running elsewhere")
+    if elsewhere:
+        holder = results[elsewhere[0]].get("holder", "another process")
+        print(f"busy: {len(elsewhere)} variant(s) are being trained by another sweep ({holder}): "
+              f"{', '.join(elsewhere)}; not failed, run the same command once it has finished",
               file=sys.stderr)
-        return EXIT_PREEMPTED
-    return 1 if any(s.get("status") == "failed" for s in results.values()) else 0
+        return EXIT_BUSY
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -275,3 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     except (Preempted, Diverged) as e:
         print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:  # a stop outside the training loop (`Interrupted`, or Ctrl-C)
+        name = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
+        left = ("outside the training loop: checkpoints and records are those of the last finished step, "
+                "run the same command again to go on" if args.command == "train" else
+                f"{args.command} did not finish")
+        print(f"stopped by {name} {left}", file=sys.stderr)
+        return EXIT_PREEMPTED
