@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,reference]'
 	touch $(STAMP)
 
+# An experiment with get_sweep() (optimizer_comparison) is a comparison: its sweep runs (jobs = cores on a
+# CPU) and its report is written; any other experiment trains one run, as `python -m gptjax train`.
 experiment: $(STAMP)
-	$(PY) -m gptjax train $(NAME) $(ARGS)
+	$(PY) -m gptjax experiment $(NAME) $(ARGS)
 
 sample: $(STAMP)
 	$(PY) -m gptjax sample runs/$(NAME) $(ARGS)

@@ -46,6 +46,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    """`make experiment`: an experiment that defines `get_sweep()` is a comparison, so its sweep runs
+    (`--jobs`, default `default_jobs()`) and its report is written; any other is trained, as `train` does."""
+    from gptjax.sweep import default_jobs, defines_sweep
+
+    load_experiment(args.experiment, args.overrides)  # bad input: one line, before anything runs
+    if not defines_sweep(args.experiment):
+        if args.jobs is not None:
+            raise ConfigError(f"--jobs is for a sweep; {args.experiment} defines no get_sweep()")
+        return _train(args)
+    from gptjax.report import write_report
+    from gptjax.sweep import run_sweep
+
+    name = Path(args.experiment).stem if args.experiment.endswith(".py") else args.experiment
+    root = Path(args.workdir or Path("runs") / name)
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs())
+    code = sweep_exit_code(results)
+    if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
+        print(f"report written to {write_report(root)}")
+    return code
+
+
 def _language_model(workdir: Path):
     """The config of a workdir holding a GPT (what `sample` and `eval` need), or a one-line error."""
     import json
@@ -92,6 +114,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
+    try:  # read now: a binary or unreadable file is bad input, found before the model is loaded
+        text = Path(args.text).read_text() if args.text else None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--text {args.text} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); eval scores text files") from None
+    except OSError as e:
+        raise ConfigError(f"--text {args.text} cannot be read: {e.strerror}") from None
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
     from gptjax.evaluate import windowed_perplexity
@@ -101,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
     if args.text:
-        docs, what = [Path(args.text).read_text()], args.text
+        docs, what = [text], args.text
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
@@ -199,6 +228,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", help="where checkpoints and metrics go (default: runs/<experiment>)")
     t.set_defaults(func=_train)
 
+    x = sub.add_parser("experiment", help="what `make experiment` runs: an experiment with get_sweep() is "
+                                          "swept and reported, any other trained")
+    x.add_argument("experiment", help="a name in experiments/ or a path to such a .py file")
+    x.add_argument("overrides", nargs="*", metavar="key=value", help="as for train (a sweep's base config)")
+    x.add_argument("--workdir", help="the run's workdir, or the sweep's directory (default: "
+                                     "runs/<experiment>)")
+    x.add_argument("--jobs", type=int, help="a sweep's variants trained at once (default: every core on a "
+                                            "CPU, 1 on an accelerator)")
+    x.set_defaults(func=_experiment)
+
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("workdir")
     s.add_argument("--prompt")
@@ -275,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf", "prepare")
+    takes_overrides = getattr(args, "command", None) in ("train", "experiment", "sweep", "describe",
+                                                         "import-hf", "prepare")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

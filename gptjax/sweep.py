@@ -129,19 +129,18 @@ def with_seeds(variants: dict[str, Experiment], seeds: Sequence[int]) -> dict[st
 
 def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experiment, dict[str, Experiment]]:
     """The base config (with the overrides) and the validated variants of an experiment's `get_sweep()`."""
-    import importlib.util
 
     from gptjax.config import load_experiment
 
     base = load_experiment(experiment, list(overrides))
-    path = experiment_path(experiment)
-    spec = importlib.util.spec_from_file_location(f"gptjax_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # load_experiment already ran it once, so it loads
+    path, module = _module(experiment)
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"experiment file {path} defines no get_sweep(); a sweep needs one "
                           f"(see experiments/optimizer_comparison.py)")
-    variants = module.get_sweep(base)
+    try:
+        variants = module.get_sweep(base)
+    except Exception as e:  # the user's code: where it failed, in one line
+        raise ConfigError(f"experiment file {path}: get_sweep() raised {type(e).__name__}: {e}") from None
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: get_sweep() must return a non-empty dict of name → Experiment")
     for name, cfg in variants.items():
@@ -154,6 +153,39 @@ def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experime
         except ConfigError as e:
             raise ConfigError(f"variant {name!r}: {e}") from None
     return base, {name: dataclasses.replace(cfg, name=base.name) for name, cfg in variants.items()}
+
+
+def _module(experiment: str):
+    """(path, module) of an experiment file, loaded afresh."""
+    import importlib.util
+
+    path = experiment_path(experiment)
+    spec = importlib.util.spec_from_file_location(f"gptjax_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: report where it failed, in one line
+        raise ConfigError(f"experiment file {path} failed to load: {type(e).__name__}: {e}") from None
+    return path, module
+
+
+def defines_sweep(experiment: str) -> bool:
+    """Whether the experiment file defines `get_sweep()`."""
+    return hasattr(_module(experiment)[1], "get_sweep")
+
+
+def default_jobs() -> int:
+    """Variants at once for `make experiment`: every core this process may use when JAX computes on the
+    CPU; one on a GPU or TPU, since each JAX process claims most of the accelerator's memory. Decided
+    without importing JAX: `JAX_PLATFORMS`' first entry if set, else whether the machine has an NVIDIA or
+    TPU device file."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        on_cpu = platforms.split(",")[0].strip() == "cpu"
+    else:
+        on_cpu = not (Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel[0-9]*"))
+                      or Path("/dev/vfio/0").exists())
+    return len(os.sched_getaffinity(0)) if on_cpu else 1
 
 
 def parse_shard(text: str) -> tuple[int, int]:
