@@ -16,9 +16,9 @@ from gptjax.guards import (
     EXIT_BUSY,
     EXIT_PREEMPTED,
     Diverged,
-    Interrupted,
     Preempted,
     check_writable,
+    stopped,
 )
 
 
@@ -336,9 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:  # a stop outside the training loop (`Interrupted`, or Ctrl-C)
-        name = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
-        left = ("outside the training loop: checkpoints and records are those of the last finished step, "
-                "run the same command again to go on" if args.command == "train" else
-                f"{args.command} did not finish")
-        print(f"stopped by {name} {left}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return stopped(e, "outside the training loop: checkpoints and records are those of the last "
+                          "finished step, run the same command again to go on" if args.command == "train"
+                       else f"before {args.command} finished")

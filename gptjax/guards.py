@@ -54,6 +54,15 @@ def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+def stopped(error: KeyboardInterrupt, left: str) -> int:
+    """`EXIT_PREEMPTED`, after one line on stderr naming the signal behind `error` and what it `left`."""
+    import sys
+
+    name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
+    print(f"stopped by {name} {left}", file=sys.stderr)
+    return EXIT_PREEMPTED
+
+
 def stop_on_signals() -> None:
     """Make SIGTERM and SIGINT raise `Interrupted` from now on, in every command (the entry points call it
     first, before JAX is imported): outside the training loop a stop exits with `EXIT_PREEMPTED` and one

@@ -146,6 +146,15 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is unreadable or not JSON ({type(e).__name__}: {e})") from None
 
 
+def _listing(root: Path) -> dict[str, Any]:
+    """The sweep's own `sweep.json` ({} when there is none), or a one-line ConfigError."""
+    path = root / "sweep.json"
+    listing = _read_json(path) if path.is_file() else {}
+    if not isinstance(listing, dict):
+        raise ConfigError(f"{path} is not a sweep listing (a JSON object); the next sweep rewrites it")
+    return listing
+
+
 def load_runs(root: Path) -> list[RunInfo]:
     """Every variant directory under `root` that holds a config (config.json, else variant.json)."""
     root = Path(root)
@@ -592,10 +601,7 @@ def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: 
     done = sum(r.finished for r in runs)
     unit, unit_text = _units(runs)
     # The sweep's own list (sweep.json) also counts the variants not started yet.
-    listing = root / "sweep.json"
-    sweep = _read_json(listing) if listing.is_file() else {}
-    if not isinstance(sweep, dict):
-        raise ConfigError(f"{listing} is not a sweep listing (a JSON object); the next sweep rewrites it")
+    sweep = _listing(root)
     planned = sweep.get("variants", [])
     not_started = sorted(set(planned) - {r.name for r in runs})
     bits_note = " (bits/byte = nats/byte ÷ ln 2 beside them)" if unit.per_byte else ""
@@ -659,6 +665,7 @@ def write_report(root: Path, target: float | None = None) -> Path:
     """Write `root/report.md` with `curves.png` and `lr_sensitivity.png` beside it; return its path."""
     root = Path(root)
     runs = load_runs(root)
+    _listing(root)  # damaged: said before the plots are drawn
     settings = settings_of(runs)
     best = {mode: b for mode, group in by_mode(settings).items() if (b := best_per_optimizer(group))}
     plots = _plots(root, settings, best, _units(runs)[0]) if best else []

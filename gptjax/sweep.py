@@ -40,7 +40,15 @@ from gptjax.config import (
     to_dict,
     validate,
 )
-from gptjax.guards import EXIT_BAD_INPUT, EXIT_PREEMPTED, Preempted, StopSignals, WorkdirLock, check_writable
+from gptjax.guards import (
+    EXIT_BAD_INPUT,
+    EXIT_PREEMPTED,
+    Preempted,
+    StopSignals,
+    WorkdirLock,
+    check_writable,
+    stopped,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.=,+-]+")
 STATUS = "status.json"  # in each variant's workdir: {"status": "done" | "failed" | "running", ...}
@@ -454,9 +462,7 @@ def _guarded(work) -> tuple[int, Any]:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return e.exit_code, None
     except KeyboardInterrupt as e:  # stopped outside the training loop (gptjax.guards.Interrupted)
-        name = e.args[0] if e.args else "SIGINT"
-        print(f"Preempted: stopped by {name} outside the training loop; run the sweep again", file=sys.stderr)
-        return EXIT_PREEMPTED, None
+        return stopped(e, "outside the training loop; the sweep resumes the variant"), None
 
 
 def _run_variant(workdir: Path) -> int:
