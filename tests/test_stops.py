@@ -220,8 +220,8 @@ def test_a_stop_at_an_evaluation_and_at_the_last_step_keeps_every_scheduled_reco
                                 text=True)
         _wait(lambda: _last_train_step(workdir) >= step, proc, f"step {step}")
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        return proc.returncode, err
+        out, err = proc.communicate(timeout=120)
+        return proc.returncode, out + err
 
     code, err = stop_after_train_record(3)
     assert code == EXIT_PREEMPTED, err
@@ -232,9 +232,10 @@ def test_a_stop_at_an_evaluation_and_at_the_last_step_keeps_every_scheduled_reco
     assert _keys(workdir) == sorted([(s, "train") for s in range(1, stopped + 1)] + [(3, "val")])
 
     code, err = stop_after_train_record(6)
+    assert f"resumed from step {stopped}" in err
     if code == EXIT_PREEMPTED:  # the signal came after the loop had let go of it: resume the finished run
         done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
-        code, err = done.returncode, done.stderr
+        code, err = done.returncode, done.stdout + done.stderr
     assert code == 0, err
     assert _keys(workdir) == sorted([(s, "train") for s in range(1, 7)] + [(3, "val"), (6, "val")])
     setups = [r["step"] for r in read_metrics(workdir) if r["split"] == "setup"]
