@@ -276,3 +276,28 @@ def test_a_second_sweep_leaves_a_running_variant_alone_and_a_stopped_sweep_stops
     recorded = read_status(variant)
     assert recorded["status"] == "stopped" and recorded["step"] == checkpoint_steps(variant)[-1] > 0
     assert "Preempted: stopped by SIGTERM at step" in (variant / "log.txt").read_text()
+
+
+# --- make experiment -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_make_experiment_sweeps_and_reports_with_get_sweep_and_trains_without(tmp_path, capsys):
+    sweep = _experiment(tmp_path, ONE_VARIANT.replace("steps=40", "steps=2").replace("eval_every=1000",
+                                                                                       "eval_every=2"), "cmp")
+    root = tmp_path / "runs"
+    assert main(["experiment", str(sweep), "--workdir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 variants, 1 in shard 0/1, 0 already done, 1 to run" in out and "only: done" in out
+    assert f"report written to {root / 'report.md'}" in out
+    assert "1 of 1 variants finished" in (root / "report.md").read_text()
+    assert read_status(root / "only")["status"] == "done"
+    # Without get_sweep() it is `train`: its workdir checks, its refusal of sweep options.
+    single = _experiment(tmp_path)
+    regular = tmp_path / "a_file"
+    regular.write_text("")
+    assert main(["experiment", str(single), "--workdir", str(regular / "w")]) == EXIT_BAD_INPUT
+    assert main(["experiment", str(single), "--jobs", "2"]) == EXIT_BAD_INPUT
+    assert main(["experiment", str(sweep), "train.nosuch=1"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.splitlines()
+    assert "workdir" in err[0] and "is a file, not a directory" in err[0]
+    assert "--jobs is for a sweep" in err[1] and "nosuch" in err[2]
