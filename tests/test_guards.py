@@ -4,6 +4,7 @@ The subprocess tests run the real command line on a tiny model and send real sig
 """
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,10 @@ def test_kill_9_three_times_then_resume_is_bit_identical_to_an_uninterrupted_run
     subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
     for a, b in zip(_final_params(workdir), _final_params(tmp_path / "straight"), strict=True):
         np.testing.assert_array_equal(a, b)
+    # The records written past each kill's last checkpoint were dropped on resume: each step once.
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, steps + 1))
+    assert len({(r["step"], r["split"]) for r in lines}) == len(lines)
 
 
 def test_a_non_finite_step_is_not_applied_and_is_counted():
