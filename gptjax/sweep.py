@@ -137,7 +137,6 @@ def with_seeds(variants: dict[str, Experiment], seeds: Sequence[int]) -> dict[st
 
 def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experiment, dict[str, Experiment]]:
     """The base config (with the overrides) and the validated variants of an experiment's `get_sweep()`."""
-
     from gptjax.config import load_experiment
 
     base = load_experiment(experiment, list(overrides))
@@ -305,7 +304,7 @@ class VariantLock(WorkdirLock):
         self.path = Path(workdir) / ".sweep.lock"
 
     def take(self) -> str:
-        """"" once held, else who holds it ("pid N on host")."""
+        """Take the lock: "" once held, else who holds it ("pid N on host")."""
         try:
             self.__enter__()
         except ConfigError:
