@@ -96,27 +96,6 @@ def test_a_resume_drops_a_torn_line_and_the_records_past_its_step(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_bytes() == text
 
 
-def test_a_run_resumed_behind_its_records_writes_each_step_and_split_once(tmp_path):
-    """A kill after step 4's records but before its checkpoint (here: checkpoint 4 removed) and mid-write
-    of a fifth line: the resume from step 2 repairs the file, and every (step, split) is there once."""
-    import shutil
-
-    from gptjax.train import train
-
-    cfg = tiny_experiment(steps=4, eval_every=2, log_every=1, checkpoint_every=2)
-    train(cfg, tmp_path, log=lambda *_: None)
-    shutil.rmtree(tmp_path / "checkpoints" / "4")
-    with (tmp_path / "metrics.jsonl").open("a") as f:
-        f.write('{"step": 5, "split": "tr')
-    messages = []
-    train(cfg, tmp_path, log=messages.append)
-    assert any("dropped 1 damaged line(s) and 3 record(s) past step 2" in m for m in messages), messages
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    keys = [(r["step"], r["split"]) for r in lines]
-    assert sorted(keys) == sorted([(0, "setup"), (2, "setup"), (1, "train"), (2, "train"), (3, "train"),
-                                   (4, "train"), (2, "val"), (4, "val")])
-
-
 def test_readers_skip_a_torn_last_line_and_name_a_damaged_one_before_it(tmp_path):
     good = [{"step": 0, "split": "setup"}, {"step": 1, "split": "train", "loss": 2.0}]
     (tmp_path / "metrics.jsonl").write_text(_lines(good) + '{"step": 2, "spl')
