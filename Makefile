@@ -94,8 +94,10 @@ lock:
 		-c locks/py3.11-cpu.txt --python-version 3.11 --python-platform $(LOCK_PLATFORM) --generate-hashes \
 		--custom-compile-command "'make lock'" $(if $(UPGRADE),--upgrade) --quiet -o locks/py3.11-reference.txt
 
+# An experiment with get_sweep() (optimizer_comparison) is a comparison: its sweep runs (jobs = cores on a
+# CPU) and its report is written; any other experiment trains one run, as `python -m gptjax train`.
 experiment: $(STAMP)
-	$(PY) -m gptjax train $(NAME) $(ARGS)
+	$(PY) -m gptjax experiment $(NAME) $(ARGS)
 
 sample: $(STAMP)
 	$(PY) -m gptjax sample runs/$(NAME) $(ARGS)

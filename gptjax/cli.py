@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 from gptjax.config import ConfigError, known_experiments, load_experiment
-from gptjax.guards import EXIT_BAD_INPUT, EXIT_PREEMPTED, Diverged, Preempted
+from gptjax.guards import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_PREEMPTED,
+    Diverged,
+    Preempted,
+    check_writable,
+    stopped,
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -19,6 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} exists and is not a directory")
+    check_writable(workdir)
     from gptjax.train import train  # JAX is imported only once the input is known to be good
 
     result = train(cfg, workdir)
@@ -35,6 +44,28 @@ def _train(args: argparse.Namespace) -> int:
           f"text's unigram entropy ({unigram:.4f}); run in {workdir}")
     print(f"--- sample ({workdir / 'sample.txt'}) ---\n{result['sample']}")
     return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """`make experiment`: an experiment that defines `get_sweep()` is a comparison, so its sweep runs
+    (`--jobs`, default `default_jobs()`) and its report is written; any other is trained, as `train` does."""
+    from gptjax.sweep import default_jobs, defines_sweep
+
+    load_experiment(args.experiment, args.overrides)  # bad input: one line, before anything runs
+    if not defines_sweep(args.experiment):
+        if args.jobs is not None:
+            raise ConfigError(f"--jobs is for a sweep; {args.experiment} defines no get_sweep()")
+        return _train(args)
+    from gptjax.report import write_report
+    from gptjax.sweep import run_sweep
+
+    name = Path(args.experiment).stem if args.experiment.endswith(".py") else args.experiment
+    root = Path(args.workdir or Path("runs") / name)
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs())
+    code = sweep_exit_code(results)
+    if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
+        print(f"report written to {write_report(root)}")
+    return code
 
 
 def _language_model(workdir: Path):
@@ -83,6 +114,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
+    try:  # read now: a binary or unreadable file is bad input, found before the model is loaded
+        text = Path(args.text).read_text() if args.text else None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--text {args.text} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); eval scores text files") from None
+    except OSError as e:
+        raise ConfigError(f"--text {args.text} cannot be read: {e.strerror}") from None
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
     from gptjax.evaluate import windowed_perplexity
@@ -92,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
     if args.text:
-        docs, what = [Path(args.text).read_text()], args.text
+        docs, what = [text], args.text
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
@@ -110,14 +148,25 @@ def _sweep(args: argparse.Namespace) -> int:
     from gptjax.sweep import parse_shard, run_sweep
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    try:
-        results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
-                            jobs=args.jobs, shard=shard, vmap=args.vmap)
-    except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
-        print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
+    # SIGTERM/SIGINT: run_sweep passes it to the running variants, records them stopped, raises Preempted.
+    results = run_sweep(args.experiment, args.overrides, root=args.dir and Path(args.dir),
+                        jobs=args.jobs, shard=shard, vmap=args.vmap)
+    return sweep_exit_code(results)
+
+
+def sweep_exit_code(results: dict) -> int:
+    """1 when a variant failed; else `EXIT_BUSY` (with one line) when another sweep was training some of
+    them, which are neither done nor failed here; else 0."""
+    if any(s.get("status") == "failed" for s in results.values()):
+        return 1
+    elsewhere = sorted(name for name, s in results.items() if s.get("status") == "running elsewhere")
+    if elsewhere:
+        holder = results[elsewhere[0]].get("holder", "another process")
+        print(f"busy: {len(elsewhere)} variant(s) are being trained by another sweep ({holder}): "
+              f"{', '.join(elsewhere)}; not failed, run the same command once it has finished",
               file=sys.stderr)
-        return EXIT_PREEMPTED
-    return 1 if any(s.get("status") == "failed" for s in results.values()) else 0
+        return EXIT_BUSY
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -178,6 +227,16 @@ def parser() -> argparse.ArgumentParser:
                    help="replace config fields by dotted path, e.g. train.steps=200 optim.lr=3e-4")
     t.add_argument("--workdir", help="where checkpoints and metrics go (default: runs/<experiment>)")
     t.set_defaults(func=_train)
+
+    x = sub.add_parser("experiment", help="what `make experiment` runs: an experiment with get_sweep() is "
+                                          "swept and reported, any other trained")
+    x.add_argument("experiment", help="a name in experiments/ or a path to such a .py file")
+    x.add_argument("overrides", nargs="*", metavar="key=value", help="as for train (a sweep's base config)")
+    x.add_argument("--workdir", help="the run's workdir, or the sweep's directory (default: "
+                                     "runs/<experiment>)")
+    x.add_argument("--jobs", type=int, help="a sweep's variants trained at once (default: every core on a "
+                                            "CPU, 1 on an accelerator)")
+    x.set_defaults(func=_experiment)
 
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("workdir")
@@ -255,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf", "prepare")
+    takes_overrides = getattr(args, "command", None) in ("train", "experiment", "sweep", "describe",
+                                                         "import-hf", "prepare")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
@@ -275,3 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Preempted, Diverged) as e:
         print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:  # a stop outside the training loop (`Interrupted`, or Ctrl-C)
+        return stopped(e, "outside the training loop: checkpoints and records are those of the last "
+                          "finished step, run the same command again to go on" if args.command == "train"
+                       else f"before {args.command} finished")

@@ -621,7 +621,10 @@ def load_experiment(name: str, overrides: list[str] = ()) -> Experiment:
         raise ConfigError(f"experiment file {path} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"experiment file {path} defines no get_config()")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # the user's code again: where it failed, in one line
+        raise ConfigError(f"experiment file {path}: get_config() raised {type(e).__name__}: {e}") from None
     if not isinstance(cfg, Experiment):
         raise ConfigError(f"{path}: get_config() must return gptjax.config.Experiment, "
                           f"got {type(cfg).__name__}")

@@ -17,6 +17,7 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
 EXIT_DIVERGED = 4
+EXIT_BUSY = 5  # a sweep left variants alone because another sweep was training them
 
 
 class Preempted(Exception):  # noqa: N818 (a stop, not an error)
@@ -29,6 +30,65 @@ class Diverged(Exception):  # noqa: N818 (named for what the run did)
     """Too many consecutive non-finite steps; nothing non-finite was applied or checkpointed."""
 
     exit_code = EXIT_DIVERGED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT outside the training loop, raised where the program is (as Ctrl-C raises
+    KeyboardInterrupt, of which it is a kind, so `except Exception` never swallows it)."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_interrupted = False
+
+
+def _raise_interrupted(signum, frame) -> None:
+    global _interrupted
+    if _interrupted:  # once: a second Ctrl-C (or a forwarded copy) must not break the clean-up
+        return
+    _interrupted = True
+    raise Interrupted(signum)
+
+
+def stopped(error: KeyboardInterrupt, left: str) -> int:
+    """`EXIT_PREEMPTED`, after one line on stderr naming the signal behind `error` and what it `left`."""
+    import sys
+
+    name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
+    print(f"stopped by {name} {left}", file=sys.stderr)
+    return EXIT_PREEMPTED
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGINT raise `Interrupted` from now on, in every command (the entry points call it
+    first, before JAX is imported): outside the training loop a stop exits with `EXIT_PREEMPTED` and one
+    line, never the shell's 143 or a KeyboardInterrupt traceback. The loop replaces these handlers with
+    `StopSignals` while it runs and puts them back after."""
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+
+
+def check_writable(path: Path, what: str = "workdir") -> None:
+    """ConfigError (one line) unless `path` is, or can be made, a directory this process writes into:
+    its nearest existing ancestor must be a directory in which a probe directory can be made (and is
+    removed at once), which catches a regular file on the way, a read-only mount or directory, and
+    pseudo-filesystems such as /proc. Cheap, so commands call it before any expensive work."""
+    import tempfile
+
+    from gptjax.config import ConfigError
+
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {existing} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gptjax-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be written: {existing}: {e.strerror}") from None
 
 
 class WorkdirLock:
@@ -45,8 +105,11 @@ class WorkdirLock:
     def __enter__(self) -> WorkdirLock:
         from gptjax.config import ConfigError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = self.path.open("a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file = self.path.open("a+")
+        except OSError as e:  # check_writable finds these first; this is for what changed since
+            raise ConfigError(f"cannot create {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

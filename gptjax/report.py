@@ -149,6 +149,23 @@ class RunInfo:
         return len(self.setups) > 1
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file's value, or a one-line ConfigError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable or not JSON ({type(e).__name__}: {e})") from None
+
+
+def _listing(root: Path) -> dict[str, Any]:
+    """The sweep's own `sweep.json` ({} when there is none), or a one-line ConfigError."""
+    path = root / "sweep.json"
+    listing = _read_json(path) if path.is_file() else {}
+    if not isinstance(listing, dict):
+        raise ConfigError(f"{path} is not a sweep listing (a JSON object); the next sweep rewrites it")
+    return listing
+
+
 def load_runs(root: Path) -> list[RunInfo]:
     """Every variant directory under `root` that holds a config (config.json, else variant.json)."""
     root = Path(root)
@@ -159,13 +176,18 @@ def load_runs(root: Path) -> list[RunInfo]:
         path = next((workdir / f for f in ("config.json", "variant.json") if (workdir / f).is_file()), None)
         if path is None:
             continue
-        cfg = json.loads(path.read_text())
+        cfg = _read_json(path)
         records = read_metrics(workdir)
         log = workdir / "log.txt"
         setting = SEED_RE.sub("", workdir.name).strip(",") or workdir.name
+        try:
+            optim, train = cfg["optim"], cfg["train"]
+            fields = dict(optimizer=optim["preset"], lr=optim["lr"], seed=train["seed"], steps=train["steps"])
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a gptjax config (no {e}); restore it or move the variant "
+                              f"directory out of {root}") from None
         runs.append(RunInfo(
-            name=workdir.name, setting=setting, optimizer=cfg["optim"]["preset"], lr=cfg["optim"]["lr"],
-            seed=cfg["train"]["seed"], steps=cfg["train"]["steps"],
+            name=workdir.name, setting=setting, **fields,
             val=sorted((r for r in records if r["split"] == "val"), key=lambda r: r["step"]),
             train=sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]),
             status=read_status(workdir), cfg=_flatten(cfg),
@@ -594,8 +616,7 @@ def render(root: Path, runs: list[RunInfo], target: float | None = None, plots: 
     done = sum(r.finished for r in runs)
     unit, unit_text = _units(runs)
     # The sweep's own list (sweep.json) also counts the variants not started yet.
-    listing = root / "sweep.json"
-    sweep = json.loads(listing.read_text()) if listing.is_file() else {}
+    sweep = _listing(root)
     planned = sweep.get("variants", [])
     not_started = sorted(set(planned) - {r.name for r in runs})
     bits_note = " (bits/byte = nats/byte ÷ ln 2 beside them)" if unit.per_byte else ""
@@ -665,6 +686,7 @@ def write_report(root: Path, target: float | None = None) -> Path:
     """Write `root/report.md` with `curves.png` and `lr_sensitivity.png` beside it; return its path."""
     root = Path(root)
     runs = load_runs(root)
+    _listing(root)  # damaged: said before the plots are drawn
     settings = settings_of(runs)
     best = {mode: b for mode, group in by_mode(settings).items() if (b := best_per_optimizer(group))}
     plots = _plots(root, settings, best, _units(runs)[0]) if best else []

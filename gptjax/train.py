@@ -474,6 +474,9 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, exec
            ) -> dict[Path, dict[str, Any]]:
     cfg, t = steps.cfg, steps.cfg.train
     state, start = _restore(steps, trials, log)
+    for trial in trials:  # a torn last line, or records past a resumed step, would be read twice
+        if note := trial.writer.resume(start):
+            log(note)
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
     trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
                       end=t.steps)
