@@ -285,7 +285,7 @@ def test_mode_from_the_log_when_no_setup_record_and_resumed_runs_marked(tmp_path
     _write_run(tmp_path, "preset=gpt2_adam,lr=0.001,seed=0", _cfg("gpt2_adam", 1e-3, 0), [2.5, 2.2], setup=[],
                log="trained vmapped with preset=gpt2_adam,lr=0.01,seed=0; the group's output is in ../x\n")
     _write_run(tmp_path, "preset=gpt3_adamw,lr=0.001,seed=0", _cfg("gpt3_adamw", 1e-3, 0), [2.4, 2.1],
-               setup=[{"vmapped_trials": 2}, {"params": 1}])
+               setup=[{"vmapped_trials": 2}, {"step": 10, "params": 1}])  # resumed at 10
     gpt2, gpt3 = load_runs(tmp_path)
     assert gpt2.mode == "vmapped" and gpt3.mode == "mixed" and gpt3.resumed
     # A variant that failed before training (no setup record, no log) makes no mode of its own.
