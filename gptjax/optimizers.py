@@ -48,7 +48,46 @@ STACKED_KEY = "layers"
 
 
 def _ndim(path: tuple, x) -> int:
-    return len(x.shape) - (1 if path and _key_name(path[0]) == STACKED_KEY else 0)
+    """Dimensions of the parameter at `path` as a Linear would have them, without a scanned layer axis."""
+    return len(_linear_shape(path, x.shape)) - (1 if path and _key_name(path[0]) == STACKED_KEY else 0)
+
+
+# Fused projections (gptjax.layers.FusedDense) keep their parts on an axis of their own: kernel [D, n, F],
+# bias [n, F]. Every shape-dependent choice of an update rule (the ndim >= 2 decay rule, Adafactor's
+# factoring) sees them as the one Linear they stand for, [D, n·F] and [n·F], so the numbers do not depend
+# on how the parameters are laid out for sharding.
+FUSED_MODULES = ("c_attn", "c_kv", "c_fc")
+
+
+def _linear_shape(path: tuple, shape: tuple) -> tuple:
+    names = [_key_name(key) for key in path]
+    base = 1 if names and names[0] == STACKED_KEY else 0
+    linear_ndim = {"kernel": 2, "bias": 1}.get(names[-1] if names else "", -1)
+    fused = len(names) >= 2 and names[-2] in FUSED_MODULES and len(shape) == base + linear_ndim + 1
+    return (*shape[:-2], shape[-2] * shape[-1]) if fused else tuple(shape)
+
+
+def _as_linear(tree: Any) -> Any:
+    """`tree` (arrays or shapes) with every fused leaf reshaped to its Linear shape."""
+    def view(path, x):
+        shape = _linear_shape(path, x.shape)
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(shape, x.dtype)
+        return x.reshape(shape)
+    return jax.tree_util.tree_map_with_path(view, tree)
+
+
+def linear_view(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` applied to the Linear shapes of fused parameters (state in those shapes), updates given back
+    in the parameters' own shapes."""
+    def init(params):
+        return tx.init(_as_linear(params))
+
+    def update(updates, state, params=None):
+        new, state = tx.update(_as_linear(updates), state, None if params is None else _as_linear(params))
+        return jax.tree.map(lambda u, like: u.reshape(like.shape), new, updates), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def _decay_ndim2(params: Any) -> Any:
@@ -245,7 +284,7 @@ class Adafactor:
             second_moment = optax.scale_by_factored_rms(
                 decay_rate=self.b2, min_dim_size_to_factor=self.factor_min_dim, epsilon=self.eps1,
                 decay_rate_fn=_bias_corrected_decay(self.b2))
-        parts = [second_moment]
+        parts = [linear_view(second_moment)]  # factored over a fused kernel's Linear shape
         if self.clip > 0:
             parts.append(optax.clip_by_block_rms(self.clip))
         parts.append(optax.scale_by_learning_rate(lr, flip_sign=False))

@@ -30,7 +30,7 @@ from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import generate
 from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
 from gptjax.metrics import MetricsWriter, NullWriter, progress_bar
-from gptjax.models import abstract_params, build_model, count_params, split_params, tree_bytes
+from gptjax.models import abstract_params, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
 
@@ -162,7 +162,7 @@ class Run:
         self.opt_state_bytes = state_bytes(self.tx, abstract)
         init = functools.partial(init_state, cfg.train.seed, cfg=cfg, tx=self.tx)
         self.abstract_state = jax.eval_shape(init)
-        state_shardings = sharding.state_shardings(self.abstract_state, self.mesh)
+        state_shardings = sharding.state_shardings(self.abstract_state, self.mesh, param_axes(cfg.model))
         self.abstract_state = jax.tree_util.tree_map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             self.abstract_state, state_shardings)
@@ -172,11 +172,12 @@ class Run:
         self.init_with = jax.jit(functools.partial(fresh_state, tx=self.tx), out_shardings=state_shardings)
         self.init_from = None  # the checkpoint step train.init_from starts from, set by train()
         self.step = jax.jit(
-            functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, cfg=cfg, teacher=self.teacher),
+            sharding.constrained_on(self.mesh, functools.partial(train_step, graphdef=self.graphdef,
+                                                                 tx=self.tx, cfg=cfg, teacher=self.teacher)),
             in_shardings=(state_shardings, sharding.batch_sharding(self.mesh)),
             out_shardings=(state_shardings, replicated), donate_argnums=0)
-        self.eval = jax.jit(functools.partial(eval_step, graphdef=self.graphdef, cfg=cfg,
-                                              teacher=self.teacher),
+        self.eval = jax.jit(sharding.constrained_on(self.mesh, functools.partial(
+                                eval_step, graphdef=self.graphdef, cfg=cfg, teacher=self.teacher)),
                             in_shardings=(state_shardings.params, sharding.batch_sharding(self.mesh)),
                             out_shardings=replicated)
 

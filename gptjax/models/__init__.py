@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+from flax.traverse_util import unflatten_dict
+from jax.sharding import PartitionSpec
 
 from gptjax.config import ModelConfig
 from gptjax.models.bert import Bert
 from gptjax.models.gpt import GPT, count_params
 from gptjax.models.t5 import T5
+from gptjax.sharding import AXES_KEY
 
 MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
 
@@ -33,5 +36,19 @@ def abstract_params(cfg: ModelConfig):
     return split_params(nnx.eval_shape(lambda: build_model(cfg, seed=0)))
 
 
-__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "split_params",
-           "tree_bytes"]
+def param_axes(cfg: ModelConfig):
+    """The logical axis names of every parameter, declared where it is created: the pure params dict
+    (the `split_params` layout) with a PartitionSpec of names per leaf, e.g. P("embed", None, "heads")."""
+    _, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed=0)), nnx.Param)
+    flat = {}
+    for path, variable in nnx.to_flat_state(state):
+        axes = variable.get_metadata(AXES_KEY, None)
+        if axes is None or len(axes) != len(variable.shape):
+            raise ValueError(f"parameter {'.'.join(map(str, path))} of shape {variable.shape} declares "
+                             f"logical axes {axes}; every parameter names each of its dimensions")
+        flat[path] = PartitionSpec(*axes)
+    return unflatten_dict(flat)
+
+
+__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "param_axes",
+           "split_params", "tree_bytes"]
