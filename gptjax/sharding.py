@@ -78,10 +78,10 @@ def mesh_shape(cfg: TrainConfig, n_devices: int) -> dict[str, int]:
     given = " × ".join(f"{axis} {size}" for axis, size in sizes.items())
     if rest:
         if n_devices % fixed:
-            raise ConfigError(f"mesh {given}: {fixed} does not divide the {n_devices} visible devices")
+            raise ConfigError(f"mesh {given}: {fixed} does not divide the {n_devices} devices")
         sizes[rest[0]] = n_devices // fixed
     elif fixed > n_devices:
-        raise ConfigError(f"mesh {given} needs {fixed} devices, but only {n_devices} are visible")
+        raise ConfigError(f"mesh {given} needs {fixed} devices, but there are {n_devices}")
     return sizes
 
 

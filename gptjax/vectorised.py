@@ -175,9 +175,9 @@ def train_group(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict
         cache = Path(cfgs[0].train.compilation_cache_dir).absolute()
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    if cfgs[0].train.fsdp != 1 or jax.process_count() > 1:
-        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp must be 1, and "
-                          "one host")
+    if cfgs[0].train.fsdp != 1 or cfgs[0].train.tensor != 1 or jax.process_count() > 1:
+        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp and train.tensor "
+                          "must be 1, and one host")
     n_classes = getattr(data, "n_classes", 0)
     run = Run(cfgs[0], data.tokenizer.vocab_size, n_classes)
     cfg = run.cfg

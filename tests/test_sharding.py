@@ -85,7 +85,7 @@ def test_mesh_sizes_and_their_errors():
     assert sizes(2, 1, 1) == {"data": 2, "fsdp": 1, "tensor": 1}  # the first 2 of 8 devices
     with pytest.raises(ConfigError, match="mesh data -1 × fsdp 3 × tensor 1: 3 does not divide the 8"):
         mesh_shape(TrainConfig(fsdp=3), 8)
-    with pytest.raises(ConfigError, match="mesh data 4 × fsdp 2 × tensor 2 needs 16 devices, but only 8"):
+    with pytest.raises(ConfigError, match="needs 16 devices, but there are 8"):
         mesh_shape(TrainConfig(data_parallel=4, fsdp=2, tensor=2), 8)
     mesh = make_mesh(TrainConfig(data_parallel=1, fsdp=2, tensor=4), 8)
     assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 4}
@@ -105,7 +105,7 @@ def test_bad_mesh_settings_are_refused_by_the_config():
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.tensor=4"], "model.n_head (2) must be divisible by train.tensor (4)"),
-    (["train.data_parallel=-1", "train.fsdp=3"], "3 does not divide the 8 visible devices"),
+    (["train.data_parallel=-1", "train.fsdp=3"], "3 does not divide the 8 devices"),
 ])
 def test_bad_mesh_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys, overrides, message):
     experiment = tmp_path / "tinyrun.py"
@@ -209,3 +209,29 @@ def test_adafactor_keeps_its_momentum_sharded_and_its_factored_statistics_whole(
     factored = [x for x in mine.values() if x.shape in ((32,), (128,))]
     assert len(momentum) == 1 and _spec(momentum[0]) == P("fsdp", "tensor")
     assert len(factored) == 2 and all(_spec(x) == P() for x in factored)
+
+
+def test_describe_reports_the_bytes_each_device_holds_on_the_mesh(capsys):
+    from gptjax.config import load_experiment
+    from gptjax.describe import describe
+
+    cfg = load_experiment("default", ["model.n_layer=1", "model.n_embd=64", "model.n_head=4",
+                                      "model.vocab_size=256", "model.context=64", "data.seq_len=64",
+                                      "sample.max_new_tokens=8", "train.data_parallel=1", "train.fsdp=2",
+                                      "train.tensor=2"])
+    d = describe(cfg, devices=4)
+    assert d.mesh == {"data": 1, "fsdp": 2, "tensor": 2}
+    # By hand: every matrix is split 4 ways (a width over fsdp, vocab/heads/hidden over tensor): wte
+    # 256·64, c_attn 64·3·64, c_proj 64·64, c_fc 64·256, MLP c_proj 256·64; the position table (64·64) and
+    # every vector 2 ways: six norm vectors of 64, the biases 3·64 (heads), 64, 256 (hidden), 64.
+    matrices = 256 * 64 + 64 * 3 * 64 + 64 * 64 + 64 * 256 + 256 * 64
+    halves = 64 * 64 + 6 * 64 + 3 * 64 + 64 + 256 + 64
+    assert d.param_bytes_per_device == 4 * (matrices // 4 + halves // 2)
+    # Adam's m and v lie like the parameters; its two int32 step counts are replicated.
+    assert d.opt_state_bytes_per_device == 2 * d.param_bytes_per_device + 2 * 4
+    assert d.state_bytes_per_device == 4 * d.param_bytes_per_device + 8
+    assert cli.main(["describe", "default", "--devices", "4", "train.data_parallel=1", "train.fsdp=2",
+                     "train.tensor=2"]) == 0
+    assert "per device on 4 devices (data 1 × fsdp 2 × tensor 2):" in capsys.readouterr().out
+    assert cli.main(["describe", "default", "--devices", "6", "train.fsdp=4"]) == 2
+    assert "4 does not divide the 6 devices" in capsys.readouterr().err
