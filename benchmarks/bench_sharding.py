@@ -5,7 +5,7 @@
 
 - bytes one device holds (parameters, gradients, Adam's state) for GPT-2 small and GPT-2 XL shapes on 8
   devices, from `describe` (the sharding rules applied to abstract shapes);
-- the collectives XLA puts into one compiled train step of a 2-layer GPT (d 64, 4 heads, vocabulary 264)
+- the collectives XLA puts into one compiled train step of a 2-layer GPT (d 64, 8 heads, vocabulary 264)
   on 8 host CPU devices, counted by kind in the optimised HLO: data parallelism all-reduces gradients,
   FSDP gathers weights and reduce-scatters gradients, tensor parallelism all-reduces activations.
 """
@@ -60,7 +60,7 @@ def bytes_per_device() -> dict:
 def collectives() -> dict:
     out = {}
     for mesh in MESHES:
-        cfg = load_experiment("default", ["model.n_layer=2", "model.n_embd=64", "model.n_head=4",
+        cfg = load_experiment("default", ["model.n_layer=2", "model.n_embd=64", "model.n_head=8",
                                           "model.vocab_size=264", "data.seq_len=64", "data.batch_size=16",
                                           "train.compilation_cache_dir=", *mesh_overrides(mesh)])
         data = build_data(cfg.data, 0)

@@ -120,11 +120,12 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
 
     from gptjax import sharding
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
-    from gptjax.models import abstract_params, param_axes, tree_bytes
+    from gptjax.models import abstract_model, param_axes, split_params, tree_bytes
     from gptjax.optimizers import STACKED_KEY, build_optimizer, state_bytes
 
     mesh = sharding.mesh_shape(cfg.train, devices)
-    _, abstract = abstract_params(cfg.model)
+    model = abstract_model(cfg.model)
+    _, abstract = split_params(model)
     params = dict.fromkeys(COMPONENTS, 0)
     per_layer = dict.fromkeys(COMPONENTS, 0)
     first = _first_stack(abstract)
@@ -140,7 +141,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     params["total"] = sum(params[c] for c in COMPONENTS)
     param_bytes = tree_bytes(abstract)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
-    axes = param_axes(cfg.model)
+    axes = param_axes(model)
     abstract_opt = jax.eval_shape(tx.init, abstract)
     key, memory = ACCELERATORS[accelerator]
     peak = measured_cpu_peak() if accelerator == "cpu" else PEAK_FLOPS[key]

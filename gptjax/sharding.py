@@ -155,8 +155,9 @@ def state_specs(abstract_state, axes, sizes: dict[str, int]):
     `axes` is the parameters' logical names (`gptjax.models.param_axes`: the pure params dict with a
     PartitionSpec of names per leaf). A leaf belongs to the parameter whose path ends its own path (Adam's
     moments sit under `mu`/`nu` with the parameters' keys) and takes its names when it has as many
-    dimensions; factored statistics (Adafactor's row and column vectors), counts and anything else are
-    small and replicated.
+    dimensions, or one more in front (a stacked group of vmapped trials, whose trial axis stays whole);
+    factored statistics (Adafactor's row and column vectors), counts and anything else are small and
+    replicated.
     """
     params = _flat(axes)
     depth = max(len(path) for path in params)
@@ -167,8 +168,9 @@ def state_specs(abstract_state, axes, sizes: dict[str, int]):
             logical = params.get(names[-n:])
             if logical is None:
                 continue
-            if len(logical) == len(x.shape):
-                return logical_to_mesh(tuple(logical), x.shape, sizes)
+            if len(x.shape) in (len(logical), len(logical) + 1):
+                leading = (None,) * (len(x.shape) - len(logical))
+                return logical_to_mesh((*leading, *logical), x.shape, sizes)
             return P()
         return P()
 

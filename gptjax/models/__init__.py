@@ -31,15 +31,23 @@ def split_params(model: nnx.Module):
     return graphdef, nnx.to_pure_dict(state)
 
 
+def abstract_model(cfg: ModelConfig) -> nnx.Module:
+    """The model with ShapeDtypeStructs for arrays, without allocating: `nnx.eval_shape` of the init."""
+    return nnx.eval_shape(lambda: build_model(cfg, seed=0))
+
+
 def abstract_params(cfg: ModelConfig):
-    """(graphdef, params as ShapeDtypeStructs) without allocating: `nnx.eval_shape` of the init."""
-    return split_params(nnx.eval_shape(lambda: build_model(cfg, seed=0)))
+    """(graphdef, params as ShapeDtypeStructs) without allocating."""
+    return split_params(abstract_model(cfg))
 
 
-def param_axes(cfg: ModelConfig):
+def param_axes(model: ModelConfig | nnx.Module):
     """The logical axis names of every parameter, declared where it is created: the pure params dict
-    (the `split_params` layout) with a PartitionSpec of names per leaf, e.g. P("embed", None, "heads")."""
-    _, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed=0)), nnx.Param)
+    (the `split_params` layout) with a PartitionSpec of names per leaf, e.g. P("embed", None, "heads").
+    Takes a config or an (abstract) model built from one."""
+    if isinstance(model, ModelConfig):
+        model = abstract_model(model)
+    _, state = nnx.split(model, nnx.Param)
     flat = {}
     for path, variable in nnx.to_flat_state(state):
         axes = variable.get_metadata(AXES_KEY, None)
@@ -50,5 +58,5 @@ def param_axes(cfg: ModelConfig):
     return unflatten_dict(flat)
 
 
-__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_params", "build_model", "count_params", "param_axes",
-           "split_params", "tree_bytes"]
+__all__ = ["GPT", "Bert", "T5", "MODELS", "abstract_model", "abstract_params", "build_model", "count_params",
+           "param_axes", "split_params", "tree_bytes"]
