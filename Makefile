@@ -10,7 +10,7 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate bench-torch bench-mfu
+	bench-generate bench-torch bench-mfu bench-allocator prepare bench-data
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ sample: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
+
+# Tokenize a corpus once into a token store, then train on it with data.source=store:STORE:
+# make prepare SOURCE=text:book.txt STORE=stores/book ARGS='data.tokenizer=bpe'
+prepare: $(STAMP)
+	$(PY) -m gptjax prepare $(SOURCE) $(STORE) $(ARGS)
 
 sweep: $(STAMP)
 	$(PY) -m gptjax sweep $(NAME) $(ARGS)
@@ -52,16 +57,24 @@ bench-compile: $(STAMP)
 bench-generate: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
-# gptjax against Hugging Face's PyTorch GPT-2 on the same model and batch (needs the reference extra).
+# glibc malloc's setting (gptjax/allocator.py) on and off: page faults, system time, tokens/s, peak RSS.
+bench-allocator: $(STAMP)
+	$(PY) benchmarks/bench_allocator.py
+
+# gptjax against Hugging Face's PyTorch GPT-2 and a nanoGPT-style PyTorch GPT (needs the reference extra).
 bench-torch: $(STAMP)
 	$(PY) benchmarks/bench_torch.py
+
+# prepare MB/s (byte, BPE), loader tokens/s, start-up and peak RSS on a 2 GB vs a 20 MB store (data.json).
+bench-data: $(STAMP)
+	$(PY) benchmarks/bench_data.py
 
 # GPT-2 small, T 1024, bfloat16 MFU on a GPU/TPU (benchmarks/results/mfu.json); says so and skips on a CPU.
 bench-mfu: $(STAMP)
 	$(PY) benchmarks/bench_mfu.py
 
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-torch bench-mfu
+bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

@@ -22,7 +22,7 @@ from common import BYTE_VOCAB, SHAPES, gpt_experiment, random_batches
 
 from gptjax.config import apply_overrides
 from gptjax.sharding import put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve
 
 
 def option_value(text: str):
@@ -41,7 +41,7 @@ def build(shape, spec: str) -> dict:
         cfg = apply_overrides(cfg, overrides.split(","))
     opts = dict((k, option_value(v)) for k, v in (kv.split("=", 1) for kv in options.split(","))) \
         if options else None
-    run = Run(cfg, BYTE_VOCAB)
+    run = build_steps(resolve(cfg, BYTE_VOCAB))
     state = run.init()
     batches = [put_batch(b, run.mesh) for b in random_batches(2, shape[5], shape[4], high=256)]
     step = run.step.lower(state, batches[0]).compile(compiler_options=opts)

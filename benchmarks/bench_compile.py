@@ -17,17 +17,17 @@ from common import RESULTS, write_json
 from gptjax.config import load_experiment
 from gptjax.data import build_data
 from gptjax.sharding import put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve
 
 
 def compile_seconds(n_layer: int, scan: bool) -> float:
     cfg = load_experiment("default", [f"model.n_layer={n_layer}", f"model.scan_layers={str(scan).lower()}",
                                       "train.data_parallel=1", "train.compilation_cache_dir="])
     data = build_data(cfg.data, 0)
-    run = Run(cfg, data.tokenizer.vocab_size)
+    run = build_steps(resolve(cfg, data.tokenizer.vocab_size))
     batch = put_batch(data.train_batch(0), run.mesh)
     t = time.perf_counter()
-    run.step.lower(run.abstract_state, batch).compile()
+    run.step.lower(jax.eval_shape(run.init), batch).compile()
     return time.perf_counter() - t
 
 

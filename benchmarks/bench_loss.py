@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from common import RESULTS, write_json
 
-from gptjax.losses import chunked_lm_loss, cross_entropy
+from gptjax.losses import TERMS, chunked_lm_loss, score, weighted_sum
 
 GiB = 2**30
 
 
 def plain_loss(x_ND, w_VD, targets_N, weights_N):
     logits_1NV = (x_ND @ w_VD.T)[None]
-    return cross_entropy(logits_1NV, targets_N[None], weights_N[None]).sum
+    return weighted_sum(TERMS["ce"](score(logits_1NV, targets_N[None])), weights_N[None])
 
 
 def chunked_loss(x_ND, w_VD, targets_N, weights_N, *, chunk):

@@ -6,7 +6,7 @@
 
 The model is GPT-2 small's shape (12 layers, 12 heads, d 768, vocabulary 50,257, context 1024, tied
 embeddings, no dropout) with bfloat16 activations and float32 parameters, AdamW at the gpt3_adamw preset,
-on random tokens (MFU does not depend on the data). The step is gptjax's real `Run.step` (metrics and the
+on random tokens (MFU does not depend on the data). The step is gptjax's real `Steps.step` (metrics and the
 non-finite guard included) over every local device, data parallel. After a warm-up, `--steps` steps are
 timed; MFU = tokens/s × FLOPs per token (gptjax/flops.py: 6N + 12·L·T·D) ÷ (devices × the device's bfloat16
 peak, gptjax/flops.py's table). Issue 10's target: ≥ 55% on one H100.
@@ -27,14 +27,15 @@ from common import RESULTS, gpt_experiment, random_batches, write_json
 
 from gptjax.config import Experiment
 from gptjax.flops import flops_per_token, peak_flops
+from gptjax.metrics import objective_loss
 from gptjax.sharding import put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve
 
 GPT2_VOCAB = 50257
 
 
 def measure(cfg: Experiment, vocab: int, steps: int) -> dict:
-    run = Run(cfg, vocab)
+    run = build_steps(resolve(cfg, vocab))
     state = run.init()
     batches = [put_batch(b, run.mesh) for b in random_batches(2, cfg.data.batch_size, cfg.data.seq_len,
                                                                   high=vocab)]
@@ -58,7 +59,7 @@ def measure(cfg: Experiment, vocab: int, steps: int) -> dict:
             "compile_s": compile_s, "ms_per_step": 1e3 * seconds, "tokens_per_s": tokens_per_s,
             "devices": len(devices), "device_kind": devices[0].device_kind, "peak_flops_per_device": peak,
             "mfu": None if peak is None else tokens_per_s * flops / (len(devices) * peak),
-            "final_loss": float(metrics["loss_sum"] / metrics["weight"])}
+            "final_loss": float(objective_loss(metrics))}
 
 
 def main() -> None:

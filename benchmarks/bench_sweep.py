@@ -4,12 +4,13 @@
     python benchmarks/bench_sweep.py --cli   # the two sweep commands → benchmarks/results/sweep_cli.json
 
 Both sides train the same 8 trials (the default experiment, lr spread log-evenly over 5e-4 … 5e-3) for the
-same steps on the same batches on CPU, and each is timed from building the program to the last step:
-the sequential side compiles every trial (its learning rate is a constant of its program, as in a normal
-run), the vmapped side compiles once (`gptjax.vectorised`). Their final losses must agree. With `--cli`,
-what a user waits for instead: `python -m gptjax sweep x` (one process per trial, jobs 1) against
-`python -m gptjax sweep x --vmap` (one process), start to exit, evaluation, metrics and checkpoints of
-every trial included.
+same steps on the same batches on CPU through the path the command line takes (`gptjax.train`): the
+sequential side calls `train()` once per trial and compiles every trial (its learning rate is a constant
+of its program, as in a normal run), the vmapped side calls `train_trials()` once and compiles once
+(gptjax/trials.py). Each is timed from the call to its return, evaluation, metrics, checkpoints and
+samples included, with the step compile times from the runs' setup records. Their losses must agree.
+With `--cli`, what a user waits for instead: `python -m gptjax sweep x` (one process per trial, jobs 1)
+against `python -m gptjax sweep x --vmap` (one process), start to exit.
 """
 
 import argparse
@@ -28,10 +29,8 @@ import numpy as np
 from common import RESULTS, write_json
 
 from gptjax.config import load_experiment
-from gptjax.data import build_data
 from gptjax.metrics import read_metrics
-from gptjax.train import Run
-from gptjax.vectorised import train_vectorised
+from gptjax.train import train, train_trials
 
 SWEEP_FILE = """
 import numpy as np
@@ -73,19 +72,12 @@ def cli(args) -> dict:
                                                              / losses["sequential"]))}
 
 
-def sequential(cfgs, steps):
-    losses_TS, t0 = [], time.perf_counter()
-    for cfg in cfgs:
-        data = build_data(cfg.data, cfg.train.seed)
-        run = Run(cfg, data.tokenizer.vocab_size)
-        state = run.init()
-        step = run.step.lower(state, data.train_batch(0)).compile()
-        losses = []
-        for k in range(steps):
-            state, metrics = step(state, data.train_batch(k))
-            losses.append(metrics["loss_sum"] / metrics["weight"])
-        losses_TS.append(np.asarray(jax.device_get(losses)))
-    return np.stack(losses_TS), time.perf_counter() - t0
+def _losses(workdir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(workdir) if r["split"] == "train"]
+
+
+def _compile_s(workdir: Path) -> float:
+    return [r["compile_s"] for r in read_metrics(workdir) if r["split"] == "setup"][0]
 
 
 def main():
@@ -100,26 +92,39 @@ def main():
         print(json.dumps(result, indent=2))
         return
     base = load_experiment("default", [f"train.steps={args.steps}", "train.data_parallel=1",
-                                       "train.compilation_cache_dir="])
+                                       "train.compilation_cache_dir=", "train.log_every=1",
+                                       "train.progress=false"])
     lrs = np.geomspace(5e-4, 5e-3, args.trials)
     cfgs = [dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=float(lr))) for lr in lrs]
 
-    t0 = time.perf_counter()
-    out = train_vectorised(cfgs)
-    vmapped_s = time.perf_counter() - t0
-    seq_TS, sequential_s = sequential(cfgs, args.steps)
+    quiet = lambda *_: None  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        vmapped = {Path(tmp) / "vmapped" / str(i): cfg for i, cfg in enumerate(cfgs)}
+        t0 = time.perf_counter()
+        train_trials(vmapped, log=quiet)
+        vmapped_s = time.perf_counter() - t0
+        sequential = {Path(tmp) / "sequential" / str(i): cfg for i, cfg in enumerate(cfgs)}
+        t0 = time.perf_counter()
+        for workdir, cfg in sequential.items():
+            train(cfg, workdir, log=quiet)
+        sequential_s = time.perf_counter() - t0
+        vmapped_TS = np.array([_losses(w) for w in vmapped])
+        sequential_TS = np.array([_losses(w) for w in sequential])
+        vmapped_compile_s = _compile_s(next(iter(vmapped)))
+        sequential_compile_s = sum(_compile_s(w) for w in sequential)
     result = {
         "trials": args.trials, "steps": args.steps, "learning_rates": lrs.tolist(),
         "model": "experiments/default.py (842,752 parameters, batch 32 x 64)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__}",
-        "vmapped_s": vmapped_s, "vmapped_compile_s": out["compile_s"],
-        "vmapped_s_per_step": out["seconds"] / args.steps,
-        "sequential_s": sequential_s,
+        "load_average_1min_after": os.getloadavg()[0],
+        "vmapped_s": vmapped_s, "vmapped_compile_s": vmapped_compile_s,
+        "sequential_s": sequential_s, "sequential_compile_s": sequential_compile_s,
         "vmapped_trials_per_hour": args.trials * 3600 / vmapped_s,
         "sequential_trials_per_hour": args.trials * 3600 / sequential_s,
         "speedup": sequential_s / vmapped_s,
-        "max_relative_loss_difference": float(np.max(np.abs(out["loss_TS"] - seq_TS) / np.abs(seq_TS))),
-        "final_losses": out["loss_TS"][:, -1].tolist(),
+        "max_relative_loss_difference": float(np.max(np.abs(vmapped_TS - sequential_TS)
+                                                     / np.abs(sequential_TS))),
+        "final_losses": vmapped_TS[:, -1].tolist(),
     }
     write_json(RESULTS / "sweep.json", result)
     print(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""Train tokens/s of gptjax against Hugging Face's PyTorch `GPT2LMHeadModel`: same model, batch and machine.
+"""Train tokens/s of gptjax against two PyTorch GPTs: Hugging Face's `GPT2LMHeadModel` and one like nanoGPT's.
 
 `python benchmarks/bench_torch.py` writes benchmarks/results/torch.json. Two shapes from issue 10, 4 layers/
 4 heads/d 128 at T 64, B 12 and 6/6/384 at T 256, B 8, both with gptjax's byte vocabulary (258 ids: 256
@@ -6,8 +6,11 @@ bytes, end of text, padding), tied embeddings, no dropout, the GPT-2 layout on b
 tanh GELU, LayerNorm ε 1e-5, learned positions), float32, plain causal attention, and AdamW with the
 gpt3_adamw preset's hyperparameters (lr 2.5e-4, β 0.9/0.95, ε 1e-8, decoupled decay 0.01 on the ndim ≥ 2
 weights except the position table). Each side runs a full train step: forward, backward, optimizer update.
+The third side (`nanogpt`) is built the way nanoGPT builds its model, written here: no biases anywhere,
+`F.scaled_dot_product_attention`, AdamW fused (foreach where the fused CPU kernel is missing); it has the
+same shape and batches but no bias parameters, and decays every matrix (the position table too).
 
-gptjax runs its real train step (`gptjax.train.Run`, one CPU device, the metrics it logs included);
+gptjax runs its real train step (`gptjax.train.build_steps`, one CPU device, the metrics it logs included);
 PyTorch runs eager with `torch.set_num_threads` set to the cores JAX uses, on the same random batches.
 After a warm-up, blocks of steps alternate (gptjax, PyTorch, gptjax, …) so that load from other processes
 hits both alike; the figures are medians over blocks, with the spread (min, max) beside them. MFU is model
@@ -36,8 +39,9 @@ from common import BYTE_VOCAB, RESULTS, SHAPES, gpt_experiment, random_batches, 
 from gptjax.config import PRESETS, Experiment
 from gptjax.data.packing import Batch
 from gptjax.flops import flops_per_token, measured_cpu_peak
+from gptjax.metrics import objective_loss
 from gptjax.sharding import put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve
 
 VOCAB = BYTE_VOCAB
 OPTIM = PRESETS["gpt3_adamw"]
@@ -49,7 +53,7 @@ def experiment(n_layer: int, n_head: int, n_embd: int, seq_len: int, batch: int)
 
 class JaxSide:
     def __init__(self, cfg: Experiment, batches: list[Batch]):
-        self.run = Run(cfg, VOCAB)
+        self.run = build_steps(resolve(cfg, VOCAB))
         self.state = self.run.init()
         self.batches = [put_batch(b, self.run.mesh) for b in batches]
         self.step_fn = self.run.step.lower(self.state, self.batches[0]).compile()
@@ -60,11 +64,13 @@ class JaxSide:
         for i in range(n):
             self.state, metrics = self.step_fn(self.state, self.batches[i % len(self.batches)])
         jax.block_until_ready(self.state)
-        self.loss = float(metrics["loss_sum"] / metrics["weight"])
+        self.loss = float(objective_loss(metrics))
         return time.perf_counter() - t, time.process_time() - cpu
 
 
 class TorchSide:
+    """Hugging Face's GPT2LMHeadModel: the same model as gptjax's, parameter for parameter."""
+
     def __init__(self, cfg: Experiment, batches: list[Batch]):
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -99,6 +105,75 @@ class TorchSide:
         return time.perf_counter() - t, time.process_time() - cpu
 
 
+class NanoBlock(torch.nn.Module):
+    """One pre-LayerNorm block as nanoGPT builds it with bias=False: no bias in any linear or LayerNorm,
+    the three attention projections as one matmul, PyTorch's fused causal attention."""
+
+    def __init__(self, d: int, heads: int, eps: float):
+        super().__init__()
+        nn = torch.nn
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, eps=eps, bias=False), nn.LayerNorm(d, eps=eps, bias=False)
+        self.qkv, self.proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.fc, self.fc_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(D, dim=2)
+        q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return x + self.fc_proj(torch.nn.functional.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class NanoSide(TorchSide):
+    """A GPT shaped like nanoGPT's (bias=False, tied head, scaled_dot_product_attention, AdamW fused where
+    PyTorch has the fused kernel for CPU, else foreach), written here; same shape, batches and AdamW
+    hyperparameters as the others, but no biases (about 1% fewer parameters at these sizes)."""
+
+    def __init__(self, cfg: Experiment, batches: list[Batch]):
+        m, nn = cfg.model, torch.nn
+        torch.manual_seed(0)
+        self.wte, self.wpe = nn.Embedding(VOCAB, m.n_embd), nn.Embedding(m.context, m.n_embd)
+        self.blocks = nn.ModuleList(NanoBlock(m.n_embd, m.n_head, m.layer_norm_eps) for _ in range(m.n_layer))
+        self.ln_f = nn.LayerNorm(m.n_embd, eps=m.layer_norm_eps, bias=False)
+        self.model = nn.ModuleDict({"wte": self.wte, "wpe": self.wpe, "h": self.blocks, "ln_f": self.ln_f})
+        for name, p in self.model.named_parameters():  # GPT-2's init, residual projections scaled down
+            if p.ndim >= 2:
+                std = 0.02 / (2 * m.n_layer) ** 0.5 if name.endswith("proj.weight") else 0.02
+                torch.nn.init.normal_(p, 0.0, std)
+        params = list(self.model.parameters())
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": OPTIM.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        kwargs = dict(lr=OPTIM.lr, betas=(OPTIM.b1, OPTIM.b2), eps=OPTIM.eps)
+        try:
+            self.opt, self.fused = torch.optim.AdamW(groups, fused=True, **kwargs), True
+        except (RuntimeError, ValueError):  # an older PyTorch without the fused CPU kernel
+            self.opt, self.fused = torch.optim.AdamW(groups, foreach=True, **kwargs), False
+        self.batches = [(torch.from_numpy(b.inputs).long(), torch.from_numpy(b.targets).long())
+                        for b in batches]
+        self.positions = torch.arange(m.context)
+        self.loss = None
+
+    def logits(self, inputs):
+        x = self.wte(inputs) + self.wpe(self.positions[: inputs.shape[1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T
+
+    def steps(self, n: int) -> tuple[float, float]:
+        t, cpu = time.perf_counter(), time.process_time()
+        for i in range(n):
+            inputs, targets = self.batches[i % len(self.batches)]
+            loss = torch.nn.functional.cross_entropy(self.logits(inputs).reshape(-1, VOCAB),
+                                                     targets.reshape(-1))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        self.loss = float(loss.detach())
+        return time.perf_counter() - t, time.process_time() - cpu
+
+
 def summary(times: list[tuple[float, float]], steps: int, tokens_per_step: int, flops: float,
             peak: float) -> dict:
     seconds = [wall for wall, _ in times]
@@ -117,7 +192,8 @@ def bench_shape(name, n_layer, n_head, n_embd, seq_len, batch, *, blocks: int, s
                 peak: float) -> dict:
     cfg = experiment(n_layer, n_head, n_embd, seq_len, batch)
     batches = random_batches(4, batch, seq_len, high=256)  # byte ids, no special tokens
-    sides = {"gptjax": JaxSide(cfg, batches), "torch": TorchSide(cfg, batches)}
+    sides = {"gptjax": JaxSide(cfg, batches), "torch": TorchSide(cfg, batches),
+             "nanogpt": NanoSide(cfg, batches)}
     torch_params = sum(p.numel() for p in sides["torch"].model.parameters())  # tied: the head is wte
     if torch_params != sides["gptjax"].run.n_params:
         raise AssertionError(f"not the same model: {torch_params:,} PyTorch parameters, "
@@ -133,19 +209,24 @@ def bench_shape(name, n_layer, n_head, n_embd, seq_len, batch, *, blocks: int, s
     flops = flops_per_token(sides["gptjax"].run.cfg.model, seq_len)
     result = {"shape": f"{n_layer} layers, {n_head} heads, d {n_embd}, T {seq_len}, B {batch}",
               "params": sides["gptjax"].run.n_params, "tokens_per_step": tokens, "flops_per_token": flops,
+              "nanogpt_params": sum(p.numel() for p in sides["nanogpt"].model.parameters()),
+              "nanogpt_adamw": "fused" if sides["nanogpt"].fused else "foreach",
               "steps_per_block": steps, "blocks": blocks}
     for k, side in sides.items():
         result[k] = {**summary(times[k], steps, tokens, flops, peak), "final_loss": side.loss}
-    # The ratio within each pair of neighbouring blocks, so that a burst of outside load cancels out.
-    pairs = [t[0] / j[0] for j, t in zip(times["gptjax"], times["torch"], strict=True)]
-    result["ratio"] = result["gptjax"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
-    result["ratio_per_block"] = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+    line = []
+    for k, label in (("torch", "ratio"), ("nanogpt", "ratio_nanogpt")):
+        # The ratio within each pair of neighbouring blocks, so that a burst of outside load cancels out.
+        pairs = [t[0] / j[0] for j, t in zip(times["gptjax"], times[k], strict=True)]
+        result[label] = result["gptjax"]["tokens_per_s"] / result[k]["tokens_per_s"]
+        result[label + "_per_block"] = {"median": statistics.median(pairs), "min": min(pairs),
+                                        "max": max(pairs)}
+        line.append(f"{k} {result[k]['tokens_per_s']:,.0f} tokens/s ({result[k]['ms_per_step']:.1f} ms/step, "
+                    f"MFU {result[k]['mfu']:.1%}, CPU {result[k]['cpu_ms_per_step']:.1f} ms/step): "
+                    f"{result[label]:.2f}x (per block {min(pairs):.2f}-{max(pairs):.2f})")
     print(f"{name:>6} ({result['shape']}): gptjax {result['gptjax']['tokens_per_s']:,.0f} tokens/s "
-          f"({result['gptjax']['ms_per_step']:.1f} ms/step, MFU {result['gptjax']['mfu']:.1%}), PyTorch "
-          f"{result['torch']['tokens_per_s']:,.0f} tokens/s ({result['torch']['ms_per_step']:.1f} ms/step, "
-          f"MFU {result['torch']['mfu']:.1%}): {result['ratio']:.2f}x; CPU ms/step "
-          f"{result['gptjax']['cpu_ms_per_step']:.1f} vs {result['torch']['cpu_ms_per_step']:.1f} "
-          f"(per block {min(pairs):.2f}–{max(pairs):.2f})")
+          f"({result['gptjax']['ms_per_step']:.1f} ms/step, MFU {result['gptjax']['mfu']:.1%}, CPU "
+          f"{result['gptjax']['cpu_ms_per_step']:.1f} ms/step); " + "; ".join(line), flush=True)
     return result
 
 

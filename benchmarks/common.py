@@ -12,7 +12,7 @@ import numpy as np
 from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
 from gptjax.data.packing import Batch
 
-RESULTS = Path(__file__).parent / "results"  # the JSON files the README quotes
+RESULTS = Path(__file__).parent / "results"  # the JSON files docs/benchmarks.md quotes
 BYTE_VOCAB = 258  # gptjax's byte tokenizer: 256 bytes, end of text, padding
 # (name, layers, heads, width, sequence length, batch): the CPU shapes of the PyTorch comparison.
 SHAPES = [("small", 4, 4, 128, 64, 12), ("medium", 6, 6, 384, 256, 8)]

@@ -8,14 +8,13 @@ token embedding, NSP head on [CLS]) on the standard library's documentation topi
 4,096-token byte-level BPE trained on the training split (cached in the workdir). Each example is
 `[CLS] A [SEP] B [SEP]` of 128 tokens, B the real next sentences half of the time; 15% of the
 non-special tokens are chosen, 80% of those become [MASK], 10% a random token, 10% stay (Devlin et al.
-2019, §3.1). Loss = MLM + NSP, both logged. The optimizer is SPEC §2's bert_adam (Adam, coupled L2
+2019, §3.1). Loss = MLM + NSP, both logged. The optimizer is the forum's bert_adam (Adam, coupled L2
 0.01, β 0.9/0.999, ε 1e-6) with a learning rate suited to a 1.4M-parameter model trained for a few
 hundred steps: 1e-3 after 30 warmup steps (the forum's 2e-5 is a fine-tuning value; at it, or at the
 paper's pre-training 1e-4, this model is still learning the token frequencies after 600 steps).
 `optim.preset=bert_adam` restores the preset exactly.
-Expected (README, "BERT, RoBERTa, T5 and GPT-1 fine-tuning"): about 3 minutes on 2 CPU cores; the loss
-falls from the uniform 8.3 + 0.69 to MLM 6.32 + NSP 0.69 at step 600, near the token-unigram entropy
-(6.20) where masked-LM training plateaus first; NSP stays at chance at this budget.
+What it printed, and why MLM sits near the token-unigram entropy and NSP at chance at this budget:
+docs/experiments.md, "BERT and RoBERTa results".
 """
 
 import dataclasses

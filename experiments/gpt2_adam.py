@@ -2,9 +2,9 @@
 
     make experiment NAME=gpt2_adam
 
-SPEC §2: lr 2.5e-4 (constant), β 0.9/0.999, ε 1e-8, L2 0.01 added to the gradient before the moments
-(the GPT and GPT-2 setting). Compare with `gpt3_adamw`, which differs only in the update rule and β2:
-the same seed gives both the same initial parameters and the same batches.
+docs/optimizers.md, "Presets": lr 2.5e-4 (constant), β 0.9/0.999, ε 1e-8, L2 0.01 added to the
+gradient before the moments (the GPT and GPT-2 setting). Compare with `gpt3_adamw`, which differs only
+in the update rule and β2: the same seed gives both the same initial parameters and the same batches.
 """
 
 import dataclasses

@@ -2,8 +2,9 @@
 
     make experiment NAME=gpt3_adamw
 
-SPEC §2: lr 2.5e-4 (constant), β 0.9/0.95, ε 1e-8, weight decay 0.01 applied as θ ← θ − lr·wd·θ beside
-the Adam step. Pairs with `gpt2_adam` (same seed → same initial parameters and batches).
+docs/optimizers.md, "Presets": lr 2.5e-4 (constant), β 0.9/0.95, ε 1e-8, weight decay 0.01 applied as
+θ ← θ − lr·wd·θ beside the Adam step. Pairs with `gpt2_adam` (same seed → same initial parameters and
+batches).
 """
 
 import dataclasses

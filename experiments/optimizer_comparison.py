@@ -1,4 +1,4 @@
-"""The five forum optimizer presets (SPEC §2) on the default GPT, 3 seeds × 2 learning rates each.
+"""The five forum optimizer presets (docs/optimizers.md) on the default GPT, 3 seeds × 2 learning rates each.
 
     make sweep NAME=optimizer_comparison ARGS='--jobs 2'   # python -m gptjax sweep NAME --jobs 2
     make report NAME=optimizer_comparison                  # runs/optimizer_comparison/report.md and PNGs
@@ -8,7 +8,7 @@ rate and at 10× it, since the forum's rates were chosen for models a thousand t
 longer runs. Seeds 0, 1, 2 are shared by all presets, so each seed gives every variant the same initial
 parameters and batches and the report's paired differences are the optimizers' alone. 100 steps of the
 default model (batch 32 × 64 bytes) per variant, evaluated every 20 steps on 4 validation batches: 30
-variants in about 18 minutes on 2 CPU cores with --jobs 2. Result: README, "Sweeps and reports".
+variants. Results: docs/optimizer_comparison/report.md, discussed in docs/experiments.md.
 """
 
 import dataclasses

@@ -1,14 +1,21 @@
-"""Orbax checkpoints of the train state plus a JSON record of where the run stands.
+"""Orbax checkpoints: parameters, optimizer state (optional) and a JSON record of where the run stands.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-write leaves the previous checkpoint intact. Restores always go against an abstract target
-(`jax.eval_shape` of the state) so optax's NamedTuples come back as NamedTuples.
+Each step is saved as separate items, `params`, `opt_state` and `meta` ({"step", "data_position",
+"seed", …}), so parameters restore without the optimizer that trained them (`restore_params`: sample,
+eval, a KL teacher, `train.init_from`) and a checkpoint may hold parameters only (`import-hf` writes
+one at step 0; the first `train` in that workdir creates the optimizer state). Orbax writes each step
+into a temporary directory and renames it when complete, so a run killed mid-write leaves the previous
+checkpoint intact. Restores always go against an abstract target (`jax.eval_shape` of the tree), so
+optax's NamedTuples come back as NamedTuples.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+ITEMS = ("params", "opt_state")
 
 
 def checkpoint_steps(workdir: Path) -> list[int]:
@@ -32,30 +39,36 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state, meta: dict[str, Any]) -> None:
-        """Asynchronous: training continues while the files are written."""
+    def save(self, step: int, items: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Save the pytrees `items` (names from `ITEMS`) and `meta`; asynchronous, so training continues
+        while the files are written."""
         args = self._ocp.args
-        self.manager.save(step, args=args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta)))
+        self.manager.save(step, args=args.Composite(**{k: args.StandardSave(v) for k, v in items.items()},
+                                                     meta=args.JsonSave(meta)))
 
-    def restore(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
+    def restore(self, step: int, abstract: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The items of `abstract` that step `step` holds (a parameters-only checkpoint has no
+        `opt_state`), restored against those abstract trees, and its meta record."""
         args = self._ocp.args
+        present = {k: v for k, v in abstract.items() if (self.directory / str(step) / k).is_dir()}
         restored = self.manager.restore(step, args=args.Composite(
-            state=args.StandardRestore(abstract_state), meta=args.JsonRestore()))
-        return restored.state, restored.meta
+            **{k: args.StandardRestore(v) for k, v in present.items()}, meta=args.JsonRestore()))
+        return {k: restored[k] for k in present}, restored.meta
 
-    def restore_latest(self, abstract_state, warn=print) -> tuple[Any, dict[str, Any]] | None:
-        """The newest checkpoint that restores; None when there is none.
+    def restore_latest(self, abstract: dict[str, Any], warn=print
+                       ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """`restore` of the newest checkpoint that restores; None when there is none.
 
-        A checkpoint that fails to restore (truncated or corrupted files) is named in a warning and
-        moved aside to `corrupt-<step>` — kept for inspection, never deleted — and the previous one
-        is tried.
+        A checkpoint that fails to restore (truncated or corrupted files, no parameters) is named in a
+        warning and moved aside to `corrupt-<step>` — kept for inspection, never deleted — and the
+        previous one is tried.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                return self.restore(step, abstract_state)
+                items, meta = self.restore(step, abstract)
+                if "params" not in items:
+                    raise FileNotFoundError("no params item")
+                return items, meta
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 step_dir = self.directory / str(step)
                 aside = self.directory / f"corrupt-{step}"
@@ -68,3 +81,22 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_params(workdir: Path) -> tuple[Any, Any, Any]:
+    """(config, graphdef, params) of a workdir's latest checkpoint, for any family, from shapes alone: no
+    data, no tokenizer, no mesh, no optimizer."""
+    from gptjax.config import ConfigError, from_dict
+    from gptjax.models import abstract_params
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
+    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    graphdef, abstract = abstract_params(cfg.model)
+    checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
+    restored = checkpointer.restore_latest({"params": abstract})
+    checkpointer.close()
+    if restored is None:
+        raise ConfigError(f"{workdir} has no checkpoint yet")
+    return cfg, graphdef, restored[0]["params"]

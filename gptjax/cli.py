@@ -1,4 +1,4 @@
-"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf} …`: the command line.
+"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf,prepare} …`: the command line.
 
 Config problems are found before JAX is imported and reported as one line on stderr with exit code 2.
 """
@@ -6,6 +6,7 @@ Config problems are found before JAX is imported and reported as one line on std
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,14 +58,15 @@ def _sample(args: argparse.Namespace) -> int:
     import dataclasses
 
     from gptjax.config import validate
-    from gptjax.train import load_for_inference, sample_text
+    from gptjax.generate import sample_text
+    from gptjax.train import load_for_inference
 
-    run, params, tokenizer = load_for_inference(workdir)
+    cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     changes = {k: v for k, v in (("prompt", args.prompt), ("max_new_tokens", args.max_new_tokens),
                                  ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("top_p", args.top_p)) if v is not None}
-    run.cfg = validate(dataclasses.replace(run.cfg, sample=dataclasses.replace(run.cfg.sample, **changes)))
-    print(sample_text(run, params, tokenizer, args.seed))
+    cfg = validate(dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **changes)))
+    print(sample_text(cfg, graphdef, params, tokenizer, args.seed))
     return 0
 
 
@@ -84,15 +86,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
     from gptjax.evaluate import windowed_perplexity
-    from gptjax.train import load_for_inference
+    from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
-    run, params, tokenizer = load_for_inference(workdir)
+    cfg, graphdef, params, tokenizer = load_for_inference(workdir)
+    teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
+    evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
     if args.text:
         docs, what = [Path(args.text).read_text()], args.text
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
-    result = windowed_perplexity(run, params, stream_S, doc_S if cfg.data.document_mask else None,
+    result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
                                  window=window, stride=stride, pad_id=tokenizer.pad_id,
                                  rows=cfg.data.batch_size)
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
@@ -140,7 +144,26 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     cfg = import_hf(Path(args.hf_dir), Path(args.workdir), args.overrides)
     print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
-          f"d {cfg.model.n_embd}) into {args.workdir}: step 0, optimizer {cfg.optim.preset}")
+          f"d {cfg.model.n_embd}) into {args.workdir}: parameters at step 0; the first train there "
+          f"creates the {cfg.optim.preset} optimizer state")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gptjax.data.prepare import prepare, prepare_config
+
+    cfg = prepare_config(args.overrides)
+    try:
+        manifest = prepare(args.source, Path(args.store), cfg, workers=args.workers, unit_mb=args.unit_mb,
+                           tokenizer_file=args.tokenizer and Path(args.tokenizer),
+                           tokenizer_sample_mb=args.tokenizer_sample_mb, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    print(f"{args.store}: {train['tokens']:,} training tokens in {train['documents']:,} documents, "
+          f"{val['tokens']:,} validation tokens in {val['documents']:,}, {manifest['dtype']}; train with "
+          f"data.source=store:{args.store} data.tokenizer={manifest['tokenizer']['kind']}")
     return 0
 
 
@@ -209,6 +232,22 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to the imported config, e.g. data.seq_len=512 optim.preset=gpt3_adamw")
     h.set_defaults(func=_import_hf)
+
+    q = sub.add_parser("prepare", help="tokenize a corpus once into a token store for data.source=store:PATH")
+    q.add_argument("source", help="pydoc | text:PATH (file, directory or glob) | jsonl:PATH | parquet:PATH | "
+                                  "tfds:NAME; a bare path is text unless it ends in .jsonl or .parquet")
+    q.add_argument("store", help="the store directory to create (or to resume)")
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data.* fields, e.g. data.tokenizer=bpe data.val_fraction=0.01 data.text_field=body")
+    q.add_argument("--workers", type=int, help="tokenizing processes (default: every core)")
+    q.add_argument("--unit-mb", type=float, default=32.0,
+                   help="input MB per work unit and shard (default 32)")
+    q.add_argument("--tokenizer",
+                   help="the tokenizer file to use: bpe, one saved by gptjax; hf, a tokenizer.json")
+    q.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
+                   help="bpe without --tokenizer: MB of training text it is trained on (default 64)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_prepare)
     return p
 
 
@@ -216,13 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf")
+    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf", "prepare")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`… | head -1`): what it wanted was written. Later writes (the
+        # interpreter's last flush) go nowhere instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,8 +13,9 @@ import difflib
 import importlib.util
 import math
 import re
+import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -23,25 +24,59 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line meant for the terminal."""
 
 
+# The names of every registry, written here once and nowhere else: the config fields are typed with them
+# (an override outside them is refused with the known names, before JAX is imported), and each module that
+# implements a registry builds its dict with `registry(Names, {...})`, which refuses at import a dict that
+# does not implement exactly these names.
+Family = Literal["gpt", "bert", "t5"]  # gptjax/models
+Activation = Literal["gelu", "gelu_exact", "relu", "tanh", "sigmoid", "swiglu"]  # gptjax/layers.py
+DType = Literal["float32", "bfloat16", "float16"]  # gptjax/models/gpt.py
+AttentionImpl = Literal["auto", "xla", "einsum"]  # gptjax/layers.py
+Remat = Literal["none", "full", "dots"]  # gptjax/models/gpt.py
+TokenizerKind = Literal["byte", "bpe", "hf"]  # gptjax/data/tokenizers.py
+ObjectiveName = Literal["causal_lm", "gpt1_finetune", "mlm_nsp", "mlm", "span_corruption"]  # objectives
+RuleName = Literal["adam_l2", "adamw", "adafactor", "lamb", "lion", "sophia", "muon", "schedule_free_adamw",
+                   "ademamix", "adopt", "nadamw", "prodigy", "soap"]  # gptjax/optimizers.py
+ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]  # gptjax/optimizers.py
+DecayMask = Literal["ndim>=2", "all", "none"]  # gptjax/optimizers.py
+LossTerm = Literal["ce", "label_smoothing", "z", "kl", "mse", "unlikelihood"]  # gptjax/losses.py
+Normalization = Literal["token", "sequence", "sum"]  # gptjax/losses.py
+Chunked = Literal["auto", "always", "never"]  # not on/off: YAML would read those as booleans
+
+
+def known(names) -> tuple[str, ...]:
+    """The names of a registry's `Literal` type, in order."""
+    return get_args(names)
+
+
+def registry(names, implementations: dict) -> dict:
+    """An implementation registry of the names of the `Literal` type `names`, in their order; a TypeError
+    at import if it does not implement exactly those names (so no copy of the names can drift)."""
+    if sorted(implementations) != sorted(known(names)):
+        raise TypeError(f"a registry implements {sorted(implementations)}, but its names are {known(names)}")
+    return {name: implementations[name] for name in known(names)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    family: str = "gpt"  # gpt (decoder-only) | bert (encoder-only; RoBERTa too) | t5 (encoder-decoder)
+    family: Family = "gpt"  # gpt (decoder-only) | bert (encoder-only; RoBERTa too) | t5 (encoder-decoder)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     context: int = 256  # maximum sequence length (learned position embeddings)
     vocab_size: int = 0  # 0: the tokenizer's vocabulary size, filled in by `resolve`
     mlp_ratio: int = 4
-    activation: str = "gelu"  # gelu (tanh approximation, as GPT-2), relu, tanh, sigmoid, swiglu
+    activation: Activation = "gelu"  # gelu (tanh approximation, as GPT-2), relu, tanh, sigmoid, swiglu
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
     layer_norm_eps: float = 1e-5
-    dtype: str = "float32"  # activation dtype; parameters stay float32, softmax and loss float32
-    attention: str = "auto"  # xla: jax.nn.dot_product_attention; einsum: the plain reference path; auto:
-    # xla where the backend has a fused kernel (cuDNN on GPU), einsum on CPU (2–7% faster there)
+    dtype: DType = "float32"  # activation dtype; parameters stay float32, softmax and loss float32
+    # xla: jax.nn.dot_product_attention; einsum: the plain reference path; auto: xla where the backend has
+    # a fused kernel (cuDNN on GPU), einsum on CPU (2–7% faster there)
+    attention: AttentionImpl = "auto"
     scan_layers: bool = False  # run the layer stack under jax.lax.scan (compile time flat in depth)
-    remat: str = "none"  # scanned layers only: none | full | dots (what the backward pass recomputes)
+    remat: Remat = "none"  # scanned layers only: none | full | dots (what the backward pass recomputes)
     n_classes: int = 0  # gpt: a classification head on the last token (gpt1_finetune); 0: the data's
     type_vocab_size: int = 2  # bert: segment (sentence A/B) embeddings; 0: none (RoBERTa)
     n_decoder_layer: int = 0  # t5: decoder layers; 0: as many as model.n_layer
@@ -51,10 +86,12 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME
+    source: str = "pydoc"  # pydoc | text:PATH | tfds:NAME | store:PATH (made by `python -m gptjax prepare`)
     # byte | bpe (byte-level BPE trained on the training split, kept in the workdir) | hf (import-hf's)
-    tokenizer: str = "byte"
-    tokenizer_vocab: int = 8192  # bpe: vocabulary size, special tokens included
+    tokenizer: TokenizerKind = "byte"
+    # bpe: vocabulary size, special tokens included; at least 512 when a BPE is trained (an imported
+    # checkpoint's vocabulary, recorded here by import-hf, may be smaller)
+    tokenizer_vocab: int = 8192
     seq_len: int = 128
     batch_size: int = 32  # global batch, in sequences
     val_fraction: float = 0.1  # share of documents held out for validation
@@ -64,6 +101,8 @@ class DataConfig:
     tfds_val_split: str = "validation"
     tfds_text_key: str = "text"
     tfds_label_key: str = "label"  # classification sources (gpt1_finetune): the integer label feature
+    text_split: str = ""  # prepare, text: document separator, e.g. '\n\n' ("": a file is one document)
+    text_field: str = "text"  # prepare, JSON Lines and Parquet: the field holding a record's text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,33 +112,46 @@ class OptimConfig:
     docs/optimizers.md gives the formulas; `preset` records which preset a config started from."""
 
     preset: str = "gpt3_adamw"
-    rule: str = "adamw"  # adam_l2 (coupled L2), adamw (decoupled), adafactor
+    rule: RuleName = "adamw"  # adam_l2 (coupled L2), adamw (decoupled), adafactor, or a later rule (RuleName)
     lr: float = 2.5e-4  # peak learning rate; Adafactor: the relative step size ρ
     b1: float = 0.9  # Adafactor: momentum on the final update, 0 for none
     b2: float = 0.95  # Adafactor: a constant β2 with Adam's bias correction (docs/optimizers.md)
     eps: float = 1e-8  # Adam: added to sqrt(v̂); Adafactor: eps**2 is added to g² (its ε1)
     weight_decay: float = 0.01
-    schedule: str = "constant"  # constant | linear | cosine | rsqrt
+    schedule: ScheduleName = "constant"  # constant | linear | cosine | rsqrt
     warmup_steps: int = 0  # linear ramp from lr/warmup_steps to lr, for every schedule
     min_lr_ratio: float = 0.0  # floor of linear/cosine decay, as a fraction of lr
     rsqrt_timescale: int = 10_000  # rsqrt: lr·sqrt(τ/max(t, τ)), flat for the first τ updates (T5: 10^4)
     grad_clip: float = 0.0  # global-norm clipping threshold; 0 disables
-    decay_mask: str = "ndim>=2"  # which parameters get weight decay: ndim>=2 | all | none
+    decay_mask: DecayMask = "ndim>=2"  # which parameters get weight decay: ndim>=2 | all | none
     # Adafactor only (Shazeer & Stern 2018), with the paper's defaults.
     adafactor_decay_exponent: float = 0.0  # c > 0: the paper's β̂2(t) = 1 - t^(-c) replaces b2 (T5: 0.8)
     adafactor_eps_scale: float = 1e-3  # ε2: floor of a parameter's RMS in the relative step
     adafactor_clip: float = 1.0  # d: update clipping, U / max(1, RMS(U)/d); 0 disables
     adafactor_factor_min_dim: int = 128  # factor v when a tensor's two largest dims are both this long
     adafactor_relative_step: bool = True  # step = lr·max(ε2, RMS(θ)); False: lr is the absolute step
+    # Rules beyond the forum (gptjax/optimizers_modern.py, docs/optimizers.md "Rules beyond the forum").
+    sophia_gamma: float = 0.01  # γ in clip(m / max(γ·h, ε), 1)
+    sophia_interval: int = 10  # k: the Hessian diagonal is re-estimated every k updates
+    muon_momentum: float = 0.95  # β of Muon's Nesterov momentum (its AdamW part uses b1, b2, eps)
+    muon_ns_steps: int = 5  # Newton–Schulz iterations of the orthogonalisation
+    muon_adam_lr_ratio: float = 1.0  # the AdamW part's lr as a multiple of lr (Jordan: 3e-4 / 0.02)
+    muon_rms_scale: float = 0.0  # 0: Jordan's √max(1, out/in); c > 0: Liu et al.'s c·√max(in, out)
+    ademamix_b3: float = 0.9999  # β3 of the slow EMA
+    ademamix_alpha: float = 5.0  # α, weight of the slow EMA
+    ademamix_warmup_steps: int = -1  # T_α,β3 of the α and β3 warmups; -1: train.steps (the paper's), 0: none
+    prodigy_d0: float = 1e-6  # d0, Prodigy's initial under-estimate of the distance to the solution
+    soap_precondition_frequency: int = 10  # refresh SOAP's eigenbasis every this many updates
+    soap_max_precond_dim: int = 10_000  # a matrix side longer than this is not rotated
 
 
-# SPEC §2. The forum's numbers are the mission: the five presets without a suffix carry exactly its table
+# docs/optimizers.md, "Presets". The five presets without a suffix carry exactly the forum's table
 # and nothing it does not state (constant schedule, no warmup, no clipping); override the rest per run.
 # The `_paper` presets are what the papers' authors ran: the paper's numbers, and where a paper is silent
 # or ambiguous (ε, clipping, coupling of the decay) their released code, cited line by line.
 # Every preset decays the ndim >= 2 parameters except position embeddings (docs/optimizers.md).
 PRESETS: dict[str, OptimConfig] = {
-    # Forum table (SPEC §2).
+    # Forum table (docs/optimizers.md, "Presets").
     "bert_adam": OptimConfig("bert_adam", "adam_l2", lr=2e-5, b1=0.9, b2=0.999, eps=1e-6,
                              weight_decay=0.01),
     "roberta_adam": OptimConfig("roberta_adam", "adam_l2", lr=1e-4, b1=0.9, b2=0.98, eps=1e-6,
@@ -148,6 +200,62 @@ PRESETS: dict[str, OptimConfig] = {
     "gpt3_adamw_paper": OptimConfig("gpt3_adamw_paper", "adamw", lr=6e-4, b1=0.9, b2=0.95, eps=1e-8,
                                     weight_decay=0.1, schedule="cosine", warmup_steps=750,
                                     min_lr_ratio=0.1, grad_clip=1.0),
+    # Rules beyond the forum (docs/optimizers.md, "Rules beyond the forum"): each paper's own numbers, and
+    # where the paper is silent the authors' released code's defaults; what neither states is said here.
+    # You et al. 2019, Algorithm 2 and §4 (BERT): β 0.9/0.999, ε 1e-6, decay 0.01 inside the trust ratio.
+    # The paper tunes lr per batch size (with warmup and polynomial decay); 1e-3 is not a paper number but
+    # TF-Addons' LAMB default, a starting point for a sweep.
+    "lamb_paper": OptimConfig("lamb_paper", "lamb", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01),
+    # Chen et al. 2023, §5: β 0.95/0.98 for language models (0.9/0.99 elsewhere); "a suitable learning rate
+    # for Lion is typically 3-10x smaller than that for AdamW" and the decoupled decay "3-10x larger", so
+    # that lr·wd stays AdamW's. Here gpt3_adamw_paper's lr 6e-4 ÷ 10 and decay 0.1 × 10, its schedule kept.
+    "lion_paper": OptimConfig("lion_paper", "lion", lr=6e-5, b1=0.95, b2=0.98, eps=1e-8, weight_decay=1.0,
+                              schedule="cosine", warmup_steps=750, min_lr_ratio=0.1, grad_clip=1.0),
+    # Liu et al. 2023, §3.1 (GPT-2 small, 125M): β1 0.96 (code: 0.965), β2 0.99, ε 1e-12, Hessian every k = 10
+    # steps, γ = 0.01 for the Hutchinson estimator (Sophia-H), cosine to 0.05·lr after 2k warmup steps,
+    # clipping 1.0; lr 6e-4 and decay 0.2 from the authors' README table (Liuhong99/Sophia) for 125M.
+    "sophia_paper": OptimConfig("sophia_paper", "sophia", lr=6e-4, b1=0.965, b2=0.99, eps=1e-12,
+                                weight_decay=0.2, schedule="cosine", warmup_steps=2000, min_lr_ratio=0.05,
+                                grad_clip=1.0, sophia_gamma=0.01, sophia_interval=10),
+    # Jordan et al. 2024 (KellerJordan/Muon README): Muon lr 0.02, Nesterov momentum 0.95, 5 Newton–Schulz
+    # steps, decay 0.01 for the hidden matrices; AdamW lr 3e-4 (ratio 0.015), β 0.9/0.95, decay 0.01 for the
+    # rest. Constant lr as in the README (the speedruns add their own warmup/cooldown).
+    "muon_paper": OptimConfig("muon_paper", "muon", lr=0.02, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
+                              muon_momentum=0.95, muon_ns_steps=5, muon_adam_lr_ratio=0.015),
+    # Liu et al. 2025 ("Muon is Scalable", Moonlight), §2.2: decoupled decay 0.1 on every matrix and the
+    # update scaled to RMS 0.2·√max(A, B) so that Muon reuses AdamW's lr and decay; AdamW β 0.9/0.95 for the
+    # rest. lr and schedule are gpt3_adamw_paper's, as the method intends.
+    "muon_moonlight_paper": OptimConfig("muon_moonlight_paper", "muon", lr=6e-4, b1=0.9, b2=0.95, eps=1e-8,
+                                        weight_decay=0.1, schedule="cosine", warmup_steps=750,
+                                        min_lr_ratio=0.1, grad_clip=1.0, muon_momentum=0.95,
+                                        muon_rms_scale=0.2),
+    # Defazio et al. 2024, Algorithm 1, with the defaults of the authors' AdamWScheduleFree
+    # (facebookresearch/schedule_free): lr 0.0025, β1 0.9 (interpolation), β2 0.999, ε 1e-8, no decay; a
+    # constant lr (warmup, if any, via warmup_steps: the paper warms up, the code's default does not).
+    "schedule_free_adamw_paper": OptimConfig("schedule_free_adamw_paper", "schedule_free_adamw", lr=0.0025,
+                                             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0),
+    # Pagliardini et al. 2024, Algorithm 1 and §4: β1 0.9, β2 0.999, β3 0.9999, α 5, T_α,β3 = T (the run's
+    # length), β_start = β1. The paper keeps its AdamW baseline's lr and decay; gpt3_adamw_paper's here.
+    "ademamix_paper": OptimConfig("ademamix_paper", "ademamix", lr=6e-4, b1=0.9, b2=0.999, eps=1e-8,
+                                  weight_decay=0.1, schedule="cosine", warmup_steps=750, min_lr_ratio=0.1,
+                                  grad_clip=1.0, ademamix_b3=0.9999, ademamix_alpha=5.0,
+                                  ademamix_warmup_steps=-1),
+    # Taniguchi et al. 2024, §5 and the authors' code (iShohei220/adopt): lr 1e-3, β 0.9/0.9999, ε 1e-6,
+    # clipping at t^¼, no decay by default.
+    "adopt_paper": OptimConfig("adopt_paper", "adopt", lr=1e-3, b1=0.9, b2=0.9999, eps=1e-6,
+                               weight_decay=0.0),
+    # Dozat 2016: lr 2e-3, β 0.9/0.999, ε 1e-8 (the defaults Keras and PyTorch take from the paper), with
+    # AdamW's decoupled decay; 0.01 is PyTorch's AdamW default, not a paper number.
+    "nadamw_paper": OptimConfig("nadamw_paper", "nadamw", lr=2e-3, b1=0.9, b2=0.999, eps=1e-8,
+                                weight_decay=0.01),
+    # Mishchenko & Defazio 2023 and the authors' prodigyopt defaults: lr 1.0 (a multiplier of the learned
+    # step d), β 0.9/0.999, β3 = √β2, d0 1e-6, ε 1e-8, no decay; the paper recommends cosine annealing.
+    "prodigy_paper": OptimConfig("prodigy_paper", "prodigy", lr=1.0, b1=0.9, b2=0.999, eps=1e-8,
+                                 weight_decay=0.0, schedule="cosine", prodigy_d0=1e-6),
+    # Vyas et al. 2024 and the authors' code (nikhilvyas/SOAP): lr 3e-3, β 0.95/0.95 (the preconditioner's
+    # decay = β2), ε 1e-8, decoupled decay 0.01, eigenbasis refreshed every 10 steps, sides up to 10000.
+    "soap_paper": OptimConfig("soap_paper", "soap", lr=3e-3, b1=0.95, b2=0.95, eps=1e-8, weight_decay=0.01,
+                              soap_precondition_frequency=10, soap_max_precond_dim=10_000),
 }
 
 
@@ -191,9 +299,9 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """What the model is trained to predict (SPEC §1); each name is a file in `gptjax/objectives/`."""
+    """What the model is trained to predict; each name is a file in `gptjax/objectives/`."""
 
-    name: str = "causal_lm"  # causal_lm | gpt1_finetune | mlm_nsp | mlm | span_corruption
+    name: ObjectiveName = "causal_lm"  # causal_lm | gpt1_finetune | mlm_nsp | mlm | span_corruption
     # mlm_nsp / mlm (Devlin et al. 2019, §3.1): rate of non-special tokens chosen, and what they become.
     mask_rate: float = 0.15
     mask_token_rate: float = 0.8  # of the chosen: replaced by [MASK]
@@ -207,21 +315,19 @@ class ObjectiveConfig:
     lm_weight: float = 0.5
 
 
-LOSS_TERMS = ("ce", "label_smoothing", "z", "kl", "mse", "unlikelihood")  # gptjax/losses.py TERMS
-CHUNKABLE_TERMS = ("ce", "label_smoothing", "z")  # need only logsumexp, target and mean logit
-NORMALIZATIONS = ("token", "sequence", "sum")
-CHUNKED = ("auto", "always", "never")  # not on/off: YAML would read those as booleans
+# The terms chunked cross-entropy computes: they need only logsumexp, the target logit and the mean logit.
+CHUNKABLE_TERMS = ("ce", "label_smoothing", "z")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The objective's loss as a weighted sum of named terms (README "Losses"), each logged on its own."""
+    """The loss as a weighted sum of named terms, each logged (docs/objectives-and-losses.md)."""
 
     # name → coefficient; on the command line `loss.terms={ce: 1.0, z: 1e-4}` replaces the whole dict,
-    # `loss.terms.z=1e-4` adds or changes one term. Known: LOSS_TERMS.
+    # `loss.terms.z=1e-4` adds or changes one term. Known: LossTerm.
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"ce": 1.0})
-    normalization: str = "token"  # divide summed losses by real target tokens | sequences | nothing (sum)
-    chunked: str = "auto"  # chunked cross-entropy: always | never | auto (tokens × vocab >= chunked_above)
+    normalization: Normalization = "token"  # divide summed losses by real target tokens | sequences | nothing
+    chunked: Chunked = "auto"  # chunked cross-entropy: always | never | auto (tokens×vocab >= chunked_above)
     chunked_above: int = 2**26  # logits in one (micro-)batch (256 MiB in float32) from which auto chunks
     chunk_tokens: int = 256  # tokens per chunk: one [chunk_tokens × vocab] block is live at a time
     teacher: str = ""  # kl: workdir of a trained model with the same vocabulary, run without gradient
@@ -240,25 +346,19 @@ class Experiment:
     objective: ObjectiveConfig = ObjectiveConfig()
 
 
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "tanh", "sigmoid", "swiglu")
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTIONS = ("auto", "xla", "einsum")
-REMATS = ("none", "full", "dots")
-FAMILIES = ("gpt", "bert", "t5")
-TOKENIZERS = ("byte", "bpe", "hf")  # hf: a Hugging Face tokenizer.json in the workdir (import-hf)
 # objective → the model families it trains; anything else is refused with this table's reason.
-OBJECTIVE_FAMILIES = {"causal_lm": ("gpt",), "gpt1_finetune": ("gpt",), "mlm_nsp": ("bert",),
-                      "mlm": ("bert",), "span_corruption": ("t5",)}
+OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = registry(ObjectiveName, {
+    "causal_lm": ("gpt",), "gpt1_finetune": ("gpt",), "mlm_nsp": ("bert",), "mlm": ("bert",),
+    "span_corruption": ("t5",)})
 # Objectives whose inputs need [CLS]/[SEP]/[MASK] or sentinel tokens, which only a trained vocabulary has.
 SPECIAL_TOKEN_OBJECTIVES = ("mlm_nsp", "mlm", "span_corruption")
-RULES = ("adam_l2", "adamw", "adafactor")
-SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
-DECAY_MASKS = ("ndim>=2", "all", "none")
 
 
-def _one_of(what: str, value: str, known: tuple[str, ...]) -> None:
-    if value not in known:
-        raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+def _one_of(what: str, value: str, names) -> None:
+    """`names`: a registry's Literal type, or a tuple of names."""
+    names = names if isinstance(names, tuple) else known(names)
+    if value not in names:
+        raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(names)}")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -269,11 +369,11 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: Experiment) -> Experiment:
     """Check ranges and combinations; raise ConfigError with one line naming the field."""
     m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
-    _one_of("model.family", m.family, FAMILIES)
-    _one_of("model.activation", m.activation, ACTIVATIONS)
-    _one_of("model.dtype", m.dtype, DTYPES)
-    _one_of("model.attention", m.attention, ATTENTIONS)
-    _one_of("model.remat", m.remat, REMATS)
+    _one_of("model.family", m.family, Family)
+    _one_of("model.activation", m.activation, Activation)
+    _one_of("model.dtype", m.dtype, DType)
+    _one_of("model.attention", m.attention, AttentionImpl)
+    _one_of("model.remat", m.remat, Remat)
     _check(m.remat == "none" or m.scan_layers, "model.remat needs model.scan_layers=true")
     for field in ("n_layer", "n_head", "n_embd", "context", "mlp_ratio"):
         _check(getattr(m, field) > 0, f"model.{field} must be positive, got {getattr(m, field)}")
@@ -283,9 +383,11 @@ def validate(cfg: Experiment) -> Experiment:
     _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     _check(m.layer_norm_eps > 0, f"model.layer_norm_eps must be positive, got {m.layer_norm_eps}")
 
-    _one_of("data.tokenizer", d.tokenizer, TOKENIZERS)
-    _check(re.fullmatch(r"pydoc|text:.+|tfds:.+", d.source) is not None,
-           f"unknown data.source {d.source!r}; use pydoc, text:PATH or tfds:NAME")
+    _one_of("data.tokenizer", d.tokenizer, TokenizerKind)
+    _check(re.fullmatch(r"pydoc|text:.+|tfds:.+|store:.+", d.source) is not None,
+           f"unknown data.source {d.source!r}; use pydoc, text:PATH, tfds:NAME or store:PATH")
+    _check(not d.source.startswith("store:") or cfg.objective.name == "causal_lm",
+           f"data.source=store:... feeds objective causal_lm only so far, not {cfg.objective.name}")
     _check(d.seq_len >= 2, f"data.seq_len must be at least 2 tokens, got {d.seq_len}")
     _check(d.seq_len <= m.context,
            f"data.seq_len ({d.seq_len}) is longer than the model's context ({m.context})")
@@ -293,9 +395,9 @@ def validate(cfg: Experiment) -> Experiment:
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
 
     _one_of("optim.preset", o.preset, tuple(PRESETS))
-    _one_of("optim.rule", o.rule, RULES)
-    _one_of("optim.schedule", o.schedule, SCHEDULES)
-    _one_of("optim.decay_mask", o.decay_mask, DECAY_MASKS)
+    _one_of("optim.rule", o.rule, RuleName)
+    _one_of("optim.schedule", o.schedule, ScheduleName)
+    _one_of("optim.decay_mask", o.decay_mask, DecayMask)
     _check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be positive, got {o.lr}")
     for field in ("b1", "b2"):
         value = getattr(o, field)
@@ -314,6 +416,26 @@ def validate(cfg: Experiment) -> Experiment:
            f"optim.adafactor_factor_min_dim must be positive, got {o.adafactor_factor_min_dim}")
     _check(o.rule != "adafactor" or o.eps >= 1e-18,
            f"optim.eps must be >= 1e-18 for adafactor (eps**2, its ε1, must be a float32), got {o.eps}")
+    _check(o.sophia_gamma > 0, f"optim.sophia_gamma must be positive, got {o.sophia_gamma}")
+    _check(o.sophia_interval > 0, f"optim.sophia_interval must be positive, got {o.sophia_interval}")
+    _check(0.0 <= o.muon_momentum < 1.0, f"optim.muon_momentum must be in [0, 1), got {o.muon_momentum}")
+    _check(o.muon_ns_steps > 0, f"optim.muon_ns_steps must be positive, got {o.muon_ns_steps}")
+    _check(o.muon_adam_lr_ratio > 0, f"optim.muon_adam_lr_ratio must be positive, got {o.muon_adam_lr_ratio}")
+    _check(o.muon_rms_scale >= 0,
+           f"optim.muon_rms_scale must be >= 0 (0: Jordan's scaling), got {o.muon_rms_scale}")
+    _check(0.0 <= o.ademamix_b3 < 1.0, f"optim.ademamix_b3 must be in [0, 1), got {o.ademamix_b3}")
+    _check(o.ademamix_alpha >= 0, f"optim.ademamix_alpha must be >= 0, got {o.ademamix_alpha}")
+    _check(o.ademamix_warmup_steps >= -1,
+           f"optim.ademamix_warmup_steps must be >= 0, or -1 for train.steps, got {o.ademamix_warmup_steps}")
+    _check(o.rule != "ademamix" or o.ademamix_b3 >= o.b1,
+           f"optim.ademamix_b3 ({o.ademamix_b3}) must be >= optim.b1 ({o.b1}): β3 warms up from β1")
+    _check(o.prodigy_d0 > 0, f"optim.prodigy_d0 must be positive, got {o.prodigy_d0}")
+    _check(o.rule != "schedule_free_adamw" or o.b1 > 0,
+           "optim.b1 must be > 0 for schedule_free_adamw (the average is recovered by dividing by β1)")
+    _check(o.soap_precondition_frequency > 0,
+           f"optim.soap_precondition_frequency must be positive, got {o.soap_precondition_frequency}")
+    _check(o.soap_max_precond_dim > 0,
+           f"optim.soap_max_precond_dim must be positive, got {o.soap_max_precond_dim}")
 
     for field in ("steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                   "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "tensor", "num_processes"):
@@ -374,20 +496,18 @@ def validate_objective(cfg: Experiment) -> None:
     _check(0.0 < ob.noise_density < 1.0, f"objective.noise_density must be in (0, 1), got {ob.noise_density}")
     _check(ob.mean_span_length >= 1.0, f"objective.mean_span_length must be >= 1, got {ob.mean_span_length}")
     _check(ob.lm_weight >= 0, f"objective.lm_weight must be >= 0, got {ob.lm_weight}")
-    _check(cfg.data.tokenizer_vocab >= 512,
-           f"data.tokenizer_vocab must be >= 512, got {cfg.data.tokenizer_vocab}")
 
 
 def validate_loss(lo: LossConfig) -> None:
     """Term names, coefficients and the knobs the chosen terms need; one line per problem."""
     for name, coef in lo.terms.items():
-        _check(name in LOSS_TERMS,
-               f"unknown loss term {name!r} in loss.terms; known: {', '.join(LOSS_TERMS)}")
+        _check(name in known(LossTerm),
+               f"unknown loss term {name!r} in loss.terms; known: {', '.join(known(LossTerm))}")
         _check(math.isfinite(coef) and coef >= 0, f"loss.terms.{name} must be finite and >= 0, got {coef}")
     _check(any(coef > 0 for coef in lo.terms.values()),
            f"loss.terms needs at least one positive coefficient, got {dict(lo.terms)}")
-    _one_of("loss.normalization", lo.normalization, NORMALIZATIONS)
-    _one_of("loss.chunked", lo.chunked, CHUNKED)
+    _one_of("loss.normalization", lo.normalization, Normalization)
+    _one_of("loss.chunked", lo.chunked, Chunked)
     unchunkable = [name for name in lo.terms if name not in CHUNKABLE_TERMS]
     _check(lo.chunked != "always" or not unchunkable,
            f"loss.chunked=always cannot compute {', '.join(unchunkable)} (they need the full logits); "
@@ -436,10 +556,21 @@ def apply_overrides(cfg: Experiment, overrides: list[str]) -> Experiment:
         merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(rest))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
+        names = _field_names(str(getattr(e, "full_key", "")))
+        if names and getattr(e, "value", None) is not None:  # a registry field: the message validate gives
+            _one_of(e.full_key, e.value, names)
         message = first_line(e)
         if "not in" in message and "Did you mean" not in message:
             message += _suggestion(message)
         raise ConfigError(f"bad override: {message}") from None
+
+
+def _field_names(dotted: str) -> tuple[str, ...]:
+    """The registry names a field `section.field` of Experiment is typed with, or () for other fields."""
+    cls = Experiment
+    for part in dotted.split("."):
+        cls = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+    return known(cls) if typing.get_origin(cls) is Literal else ()
 
 
 def _all_keys(cfg: Any, prefix: str = "") -> list[str]:

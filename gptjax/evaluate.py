@@ -46,14 +46,16 @@ def context_windows(stream_S: np.ndarray, doc_S: np.ndarray | None, window: int,
                  segment_ids=renumber_segments(doc_RL))
 
 
-def windowed_perplexity(run, params, stream_S: np.ndarray, doc_S: np.ndarray | None, *, window: int,
+def windowed_perplexity(evaluate, params, stream_S: np.ndarray, doc_S: np.ndarray | None, *, window: int,
                         stride: int, pad_id: int, rows: int) -> dict[str, float]:
-    """Cross-entropy per token, perplexity and accuracy of the stream under `context_windows`, evaluated
-    `rows` windows at a time with the run's jitted eval step (the last batch padded with weight-0 rows)."""
+    """Cross-entropy per token, perplexity and accuracy of the stream under `context_windows`, by the
+    `evaluate` of `gptjax.train.build_evaluator`, `rows` windows at a time (the last batch padded with
+    weight-0 rows)."""
     from gptjax import sharding
 
-    if not 0 < window <= run.cfg.model.context:
-        raise ValueError(f"window must be in [1, model.context = {run.cfg.model.context}], got {window}")
+    context = evaluate.cfg.model.context
+    if not 0 < window <= context:
+        raise ValueError(f"window must be in [1, model.context = {context}], got {window}")
     windows = context_windows(stream_S, doc_S, window, stride, pad_id)
     n = len(windows.inputs)
     padded = -(-n // rows) * rows
@@ -61,9 +63,9 @@ def windowed_perplexity(run, params, stream_S: np.ndarray, doc_S: np.ndarray | N
     windows = Batch(np.pad(windows.inputs, pad, constant_values=pad_id),
                     np.pad(windows.targets, pad, constant_values=pad_id),
                     np.pad(windows.weights, pad), np.pad(windows.segment_ids, pad))
-    batches = [sharding.put_batch(Batch(*(x[i:i + rows] for x in windows)), run.mesh)
+    batches = [sharding.put_batch(Batch(*(x[i:i + rows] for x in windows)), evaluate.mesh)
                for i in range(0, padded, rows)]
-    result = run.evaluate(params, batches)
+    result = evaluate(params, batches)
     return {"window": window, "stride": stride, "windows": n, "tokens": result["tokens"],
             "loss": math.log(result["perplexity"]), "perplexity": result["perplexity"],
             "accuracy": result["accuracy"]}

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax.config import ModelConfig, ObjectiveConfig
+from gptjax.data.spans import span_lengths
 
 # Dense bfloat16 peak FLOP/s per device, by the `device_kind` JAX reports.
 PEAK_FLOPS = {
@@ -42,11 +43,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, objective: ObjectiveConfig |
         rate = objective.mask_rate if objective is not None else 1.0
         head = math.ceil(rate * seq_len) / seq_len * (d * d + head)  # MLM transform + vocabulary
     if cfg.family == "t5":
-        from gptjax.objectives.span_corruption import corrupted_lengths, raw_length
-
         ob = objective if objective is not None else ObjectiveConfig(name="span_corruption")
-        t = corrupted_lengths(raw_length(seq_len, ob.noise_density, ob.mean_span_length), ob.noise_density,
-                              ob.mean_span_length)[1]
+        t = span_lengths(seq_len, ob.noise_density, ob.mean_span_length)[1]  # the decoder's length
         n_dec, r = cfg.n_decoder_layer or n_layer, t / seq_len
         decoder = n_dec * (per_layer + 2 * d * d) * r + n_dec * 2 * d * d  # + cross q, out; cross k, v
         n = n_layer * per_layer + decoder + head * r

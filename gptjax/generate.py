@@ -2,7 +2,8 @@
 
 With the cache, the prompt is run once (prefill) and each new token costs one position; the uncached
 path re-runs the whole prefix for every token and exists as the reference the cache is tested against.
-Both stop when every row has produced the end token, or after `max_new_tokens`.
+Both stop when every row has produced the end token, or after `max_new_tokens`. `sample_text` is what
+`train` and `python -m gptjax sample` write: the config's prompt continued by a trained model.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
+
+from gptjax.config import ConfigError, Experiment
 
 
 def sample_logits(logits_BV: Float[Array, "B V"], key, *, temperature: float, top_k: int,
@@ -87,3 +91,26 @@ def generate(params, prompt_BP: Int[Array, "B P"], key, *, graphdef, max_new_tok
     is_eot_BN = out_BN == eot_id
     first_eot_B = jnp.where(is_eot_BN.any(axis=1), jnp.argmax(is_eot_BN, axis=1) + 1, max_new_tokens)
     return out_BN, first_eot_B
+
+
+def prompt_tokens(cfg: Experiment, tokenizer) -> np.ndarray:
+    """The sampling prompt as tokens, behind the end-of-text token that starts every document."""
+    s = cfg.sample
+    prompt = np.concatenate([[tokenizer.eot_id], tokenizer.encode(s.prompt)]).astype(np.int32)
+    if len(prompt) + s.max_new_tokens > cfg.model.context:
+        raise ConfigError(f"prompt ({len(prompt)} tokens) + sample.max_new_tokens "
+                          f"({s.max_new_tokens}) exceed the model's context ({cfg.model.context})")
+    return prompt
+
+
+def sample_text(cfg: Experiment, graphdef, params, tokenizer, seed: int) -> str:
+    """`cfg.sample.prompt` continued under `cfg.sample`'s settings by the model (graphdef, params)."""
+    s = cfg.sample
+    prompt = prompt_tokens(cfg, tokenizer)
+    # Ids the tokenizer cannot decode, and padding unless it doubles as end of text (GPT-2 has no pad).
+    banned = tuple(i for i in range(cfg.model.vocab_size)
+                   if i >= tokenizer.vocab_size or (i == tokenizer.pad_id != tokenizer.eot_id))
+    tokens, count = generate(params, jnp.asarray(prompt[None]), jax.random.key(seed), graphdef=graphdef,
+                             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                             top_p=s.top_p, eot_id=tokenizer.eot_id, banned=banned)
+    return s.prompt + tokenizer.decode(np.asarray(tokens[0, : int(count[0])]))

@@ -2,10 +2,10 @@
 
 `import_hf(hf_dir, workdir)` reads a local `config.json` + `model.safetensors` (the `safetensors` NumPy
 API), builds the matching `Experiment`, maps every tensor onto the parameter layout of
-`gptjax.models.split_params` and writes a workdir at step 0: `config.json` plus an orbax checkpoint of a
-`TrainState` whose optimizer state is the preset's fresh `tx.init(params)`, so `sample`, `train` (resume
-in that workdir, with the experiment file `<workdir>/<name>.py` written beside it) and `train.init_from`
-start from it. `export_hf(workdir, hf_dir)` writes the inverse.
+`gptjax.models.split_params` and writes a workdir at step 0: `config.json` plus an orbax checkpoint of
+the parameters alone, so `sample`, `eval`, `train` (in that workdir, with the experiment file
+`<workdir>/<name>.py` written beside it; it creates the optimizer state) and `train.init_from` start
+from it. `export_hf(workdir, hf_dir)` writes the inverse.
 
 Each family is one table of `Tensor` rows (a gptjax parameter ← the HF tensors it is made of, and how):
 GPT-2's Conv1D weights are already (in, out) as ours; torch Linear weights (BERT, T5) are (out, in) and
@@ -419,25 +419,18 @@ def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experim
     tokenizer = "hf" if has_tokenizer else None
     cfg = validate(apply_overrides(hf_experiment(hf, hf_dir.absolute().name, tokenizer), list(overrides)))
     params = hf_to_params(hf, tensors, cfg.model)
-    import jax
-    import jax.numpy as jnp
-
     from gptjax.checkpoint import Checkpointer
-    from gptjax.optimizers import build_optimizer
-    from gptjax.train import fresh_state
 
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    tx = build_optimizer(cfg.optim, cfg.train.steps)
-    state = fresh_state(params, tx)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     (workdir / f"{cfg.name}.py").write_text(EXPERIMENT_FILE.format(
         hf_dir=hf_dir, workdir=workdir, name=cfg.name, config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
     if has_tokenizer:
         shutil.copyfile(hf_dir / "tokenizer.json", workdir / "tokenizer.json")
+    # Parameters only: the first `train` in this workdir creates the optimizer state of its own config.
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    checkpointer.save(0, state, {"step": 0, "data_position": 0, "seed": cfg.train.seed,
-                                 "imported_from": str(hf_dir.absolute())})
+    checkpointer.save(0, {"params": params}, {"step": 0, "data_position": 0, "seed": cfg.train.seed,
+                                              "imported_from": str(hf_dir.absolute())})
     checkpointer.close()
     return cfg
 
@@ -477,7 +470,7 @@ def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
     from flax.traverse_util import flatten_dict
     from safetensors.numpy import save_file
 
-    from gptjax.train import restore_params
+    from gptjax.checkpoint import restore_params
 
     cfg, _, params = restore_params(workdir)
     m = cfg.model

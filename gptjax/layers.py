@@ -22,17 +22,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gptjax.config import Activation, AttentionImpl, registry
 from gptjax.sharding import AXES_KEY, constrain
 
 INIT_STD = 0.02  # GPT-2's N(0, 0.02)
 
-ACTIVATIONS = {
+ACTIVATIONS = registry(Activation, {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
     "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's erf form
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
-}
+    "swiglu": jax.nn.silu,  # of the gate, which multiplies the other half of the hidden layer (`MLP`)
+})
 
 
 class KVCache(NamedTuple):
@@ -146,7 +148,8 @@ def auto_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: fl
     return impl(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal, scale=scale, bias_BHLS=bias_BHLS)
 
 
-ATTENTION_IMPLS = {"auto": auto_attention, "einsum": einsum_attention, "xla": xla_attention}
+ATTENTION_IMPLS = registry(AttentionImpl, {"auto": auto_attention, "einsum": einsum_attention,
+                                           "xla": xla_attention})
 # Logical names of the activations constrained in every layer (gptjax/sharding.py maps them).
 EMBED_AXES = ("batch", "length", "embed")  # the residual stream [B, L, D]
 HEADS_AXES = ("batch", "length", "heads", "kv")  # queries, keys, values [B, L, H, K]
@@ -274,7 +277,7 @@ class MLP(nnx.Module):
                               axes=("embed", "mlp"))
         self.c_proj = dense(d_ff, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs,
                             axes=("mlp", "embed"))
-        self.activation = jax.nn.silu if self.gated else ACTIVATIONS[activation]
+        self.activation = ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BLD, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):

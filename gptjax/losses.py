@@ -1,14 +1,14 @@
-"""Loss terms as (sum, weight) pairs, normalised once at the end.
+"""Loss terms: one implementation each, the one training runs, as (sum, weight) pairs normalised once.
 
-Every term returns the *sum* of per-target losses and the *weight* it is to be divided by (by default the
-number of real targets) instead of a mean. Sums add up correctly across micro-batches, devices and masked
-positions; dividing once at the end by the total weight gives the mean (T5X's normalisation idea), per
-real target token, per sequence, or per batch as `normalization` chooses. Log-softmax runs in float32
-whatever the activation dtype: the log-likelihood of a sequence is a sum of logs, never a product of
-probabilities, which underflows. `TERMS` is the registry an experiment's `loss.terms` names; each entry
-maps the scored batch (`Scored`) to a per-position loss. `chunked_lm_loss` computes the terms that need
-only the log-partition function, the target logit and the mean logit (ce, label_smoothing, z) from the
-final hidden states in chunks of tokens, never holding the [tokens × vocab] logits.
+Every term is a function of the scored batch (`Scored`: logits, their float32 log-softmax, targets and
+what some terms also read) returning a per-position loss [B, L]; `TERMS` is the registry an experiment's
+`loss.terms` names, and objectives add their parts from the same functions. Losses are *summed* over
+weighted positions and divided once at the end by a normaliser (`normalizer`: real target tokens,
+sequences, or nothing), so sums add up correctly across micro-batches, devices and masked positions
+(T5X's normalisation idea). Log-softmax runs in float32 whatever the activation dtype: the
+log-likelihood of a sequence is a sum of logs, never a product of probabilities, which underflows.
+`chunked_lm_loss` is the same ce, label_smoothing and z computed from the final hidden states in chunks of
+tokens, never holding the [tokens × vocab] logits (tested equal to the terms here).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-NORMALIZATIONS = ("token", "sequence", "sum")
+from gptjax.config import LossTerm, Normalization, known, registry
 
 
 class LossTerms(NamedTuple):
@@ -37,7 +37,7 @@ class LossTerms(NamedTuple):
         return self.sum / jnp.where(self.weight > 0, self.weight, 1.0)
 
 
-def normalizer(weights_BL: Float[Array, "B L"], normalization: str = "token",
+def normalizer(weights_BL: Float[Array, "B L"], normalization: Normalization = "token",
                batch_rows: int | None = None) -> Float[Array, ""]:
     """The weight a summed loss is divided by: real target tokens (`token`), sequences holding at least
     one real target (`sequence`), or `sum` (no division: the rows' share of a global batch of
@@ -49,86 +49,95 @@ def normalizer(weights_BL: Float[Array, "B L"], normalization: str = "token",
         return jnp.sum(jnp.any(weights_BL > 0, axis=-1).astype(jnp.float32))
     if normalization == "sum":
         return jnp.float32(weights_BL.shape[0] / (batch_rows or weights_BL.shape[0]))
-    raise ValueError(f"unknown normalization {normalization!r}; known: {', '.join(NORMALIZATIONS)}")
-
-
-def weighted(loss_BL: Float[Array, "B L"], weights_BL: Float[Array, "B L"], normalization: str = "token",
-             batch_rows: int | None = None) -> LossTerms:
-    """Per-position losses → LossTerms: the weighted sum and the normaliser."""
-    weights_BL = weights_BL.astype(jnp.float32)
-    return LossTerms(jnp.sum(loss_BL * weights_BL), normalizer(weights_BL, normalization, batch_rows))
+    raise ValueError(f"unknown normalization {normalization!r}; known: {', '.join(known(Normalization))}")
 
 
 def log_probs(logits_BLV: Float[Array, "B L V"]) -> Float[Array, "B L V"]:
     return jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
 
 
-def cross_entropy(logits_BLV: Float[Array, "B L V"], targets_BL: Int[Array, "B L"],
-                  weights_BL: Float[Array, "B L"], *, normalization: str = "token") -> LossTerms:
-    """Token cross-entropy −log softmax(logits)[target], summed over weighted positions."""
-    logprobs_BLV = log_probs(logits_BLV)
-    return weighted(-_pick(logprobs_BLV, targets_BL), weights_BL, normalization)
+class Scored(NamedTuple):
+    """What a term may look at: the logits, their float32 log-softmax, the targets, and for some terms the
+    inputs and segments (unlikelihood) or a teacher's logits and temperature (kl)."""
+
+    logits_BLV: Array
+    logprobs_BLV: Array
+    targets_BL: Array
+    inputs_BL: Array | None = None
+    segment_ids_BL: Array | None = None
+    teacher_logits_BLV: Array | None = None
+    temperature: float = 1.0
 
 
-def check_distribution(probs_BLV: Float[Array, "B L V"], atol: float = 1e-4) -> None:
-    """Refuse soft targets that are not probability distributions (negative, or rows not summing to 1);
-    values are checked on concrete arrays, while under `jit`, where they are unknown, only the dtype is."""
-    if not jnp.issubdtype(probs_BLV.dtype, jnp.floating):
-        raise ValueError(f"soft targets must be floating-point probabilities, got dtype {probs_BLV.dtype}")
-    if isinstance(probs_BLV, jax.core.Tracer):
-        return
-    probs = np.asarray(probs_BLV, np.float64)
-    if (probs < 0).any() or not np.isfinite(probs).all():
-        raise ValueError("soft targets must be non-negative and finite probabilities")
-    worst = float(np.abs(probs.sum(-1) - 1).max(initial=0.0))
-    if worst > atol:
-        raise ValueError(f"soft targets must sum to 1 over the vocabulary; a row is off by {worst:.3g}")
+def score(logits_BLV: Float[Array, "B L V"], targets_BL: Int[Array, "B L"], **context) -> Scored:
+    """The logits scored once (their log-softmax), with whatever else the terms read (`Scored`'s fields)."""
+    return Scored(logits_BLV, log_probs(logits_BLV), targets_BL, **context)
 
 
-def soft_cross_entropy(logits_BLV: Float[Array, "B L V"], probs_BLV: Float[Array, "B L V"],
-                       weights_BL: Float[Array, "B L"], *, normalization: str = "token") -> LossTerms:
-    """Cross-entropy against a target distribution per position, −Σ_v q_v log p_v (q must sum to 1)."""
-    check_distribution(probs_BLV)
-    return weighted(_soft_ce(log_probs(logits_BLV), probs_BLV), weights_BL, normalization)
+def _pick(x_BLV, targets_BL):
+    return jnp.take_along_axis(x_BLV, targets_BL[..., None], axis=-1)[..., 0]
 
 
-def label_smoothing_loss(logits_BLV: Float[Array, "B L V"], weights_BL: Float[Array, "B L"], *,
-                         normalization: str = "token") -> LossTerms:
+def cross_entropy(s: Scored) -> Float[Array, "B L"]:
+    """Token cross-entropy −log softmax(logits)[target]."""
+    return -_pick(s.logprobs_BLV, s.targets_BL)
+
+
+def label_smoothing(s: Scored) -> Float[Array, "B L"]:
     """Cross-entropy against the uniform distribution, −(1/V) Σ_v log p_v; weighted ε beside cross-entropy
     weighted 1 − ε it is exactly label smoothing ε (cross-entropy against (1 − ε)·one-hot + ε/V)."""
-    return weighted(_uniform_ce(log_probs(logits_BLV)), weights_BL, normalization)
+    return -jnp.mean(s.logprobs_BLV, axis=-1)
 
 
-def z_loss(logits_BLV: Float[Array, "B L V"], weights_BL: Float[Array, "B L"], *,
-           normalization: str = "token") -> LossTerms:
+def z_loss(s: Scored) -> Float[Array, "B L"]:
     """log(Z)², with log Z = logsumexp(logits): keeps the softmax normaliser near 1 (PaLM: coef 1e-4)."""
-    lse_BL = jax.nn.logsumexp(logits_BLV.astype(jnp.float32), axis=-1)
-    return weighted(lse_BL**2, weights_BL, normalization)
+    return jax.nn.logsumexp(s.logits_BLV.astype(jnp.float32), axis=-1) ** 2
 
 
-def kl_divergence(logits_BLV: Float[Array, "B L V"], teacher_logits_BLV: Float[Array, "B L V"],
-                  weights_BL: Float[Array, "B L"], *, temperature: float = 1.0,
-                  normalization: str = "token") -> LossTerms:
+def kl_divergence(s: Scored) -> Float[Array, "B L"]:
     """KL(teacher ‖ student) = Σ_v t_v (log t_v − log p_v) of both softmaxes at `temperature`, times
     temperature² (Hinton et al. 2015, so gradients keep their scale); the teacher gets no gradient."""
-    return weighted(_kl(logits_BLV, teacher_logits_BLV, temperature), weights_BL, normalization)
+    student_BLV = jax.nn.log_softmax(s.logits_BLV.astype(jnp.float32) / s.temperature, axis=-1)
+    teacher_BLV = jax.nn.log_softmax(
+        jax.lax.stop_gradient(s.teacher_logits_BLV).astype(jnp.float32) / s.temperature, axis=-1)
+    return s.temperature**2 * jnp.sum(jnp.exp(teacher_BLV) * (teacher_BLV - student_BLV), axis=-1)
 
 
-def mse_probs(logits_BLV: Float[Array, "B L V"], targets_BL: Int[Array, "B L"],
-              weights_BL: Float[Array, "B L"], *, normalization: str = "token") -> LossTerms:
+def mse_probs(s: Scored) -> Float[Array, "B L"]:
     """Squared error between the predicted distribution and the one-hot target, Σ_v (p_v − y_v)² (the
     Brier score; the "MSE" of cross-entropy-versus-square-loss comparisons)."""
-    return weighted(_mse(log_probs(logits_BLV), targets_BL), weights_BL, normalization)
+    probs_BLV = jnp.exp(s.logprobs_BLV)
+    # Σ_v (p_v − y_v)² = Σ_v p_v² − 2 p_target + 1, without materialising the one-hot.
+    return jnp.sum(probs_BLV**2, axis=-1) - 2 * _pick(probs_BLV, s.targets_BL) + 1
 
 
-def unlikelihood(logits_BLV: Float[Array, "B L V"], inputs_BL: Int[Array, "B L"],
-                 targets_BL: Int[Array, "B L"], weights_BL: Float[Array, "B L"],
-                 segment_ids_BL: Int[Array, "B L"] | None = None, *,
-                 normalization: str = "token") -> LossTerms:
+def unlikelihood(s: Scored) -> Float[Array, "B L"]:
     """Token-level unlikelihood (Welleck et al. 2020): −Σ_{c ∈ C_t} log(1 − p(c)), where C_t is the set of
     distinct tokens already in the context (inputs ≤ t, same segment) other than the target."""
-    loss_BL = _unlikelihood(log_probs(logits_BLV), inputs_BL, targets_BL, segment_ids_BL)
-    return weighted(loss_BL, weights_BL, normalization)
+    inputs_BL, targets_BL = s.inputs_BL, s.targets_BL
+    B, L = inputs_BL.shape
+    segment_ids_BL = jnp.ones((B, L), jnp.int32) if s.segment_ids_BL is None else s.segment_ids_BL
+    same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]  # [b, t, s]
+    before_LL = jnp.tril(jnp.ones((L, L), bool))  # s <= t
+    same_token_BLL = inputs_BL[:, :, None] == inputs_BL[:, None, :]
+    # A set, not a multiset: count position s only at its token's first occurrence in its segment.
+    earlier_copy_BL = jnp.any(same_token_BLL & same_BLL & jnp.tril(jnp.ones((L, L), bool), -1), axis=-1)
+    candidate_BLL = (same_BLL & before_LL & ~earlier_copy_BL[:, None, :]
+                     & (inputs_BL[:, None, :] != targets_BL[:, :, None]))
+    logp_BLL = jnp.take_along_axis(s.logprobs_BLV, jnp.broadcast_to(inputs_BL[:, None, :], (B, L, L)), -1)
+    # log(1 − p) = log(−expm1(log p)), floored at 1e-5 as in the paper's code, so p → 1 stays finite.
+    penalty_BLL = -jnp.log(jnp.maximum(-jnp.expm1(logp_BLL), 1e-5))
+    return jnp.sum(jnp.where(candidate_BLL, penalty_BLL, 0.0), axis=-1)
+
+
+TERMS: dict[LossTerm, Callable[[Scored], Array]] = registry(LossTerm, {
+    "ce": cross_entropy, "label_smoothing": label_smoothing, "z": z_loss, "kl": kl_divergence,
+    "mse": mse_probs, "unlikelihood": unlikelihood})
+
+
+def weighted_sum(loss_BL: Float[Array, "B L"], weights_BL: Float[Array, "B L"]) -> Float[Array, ""]:
+    """Σ weight · loss over positions: the sum every term and part is divided by its normaliser from."""
+    return jnp.sum(loss_BL * weights_BL.astype(jnp.float32))
 
 
 def correct_predictions(logits_BLV: Float[Array, "B L V"], targets_BL: Int[Array, "B L"],
@@ -138,77 +147,29 @@ def correct_predictions(logits_BLV: Float[Array, "B L V"], targets_BL: Int[Array
     return jnp.sum(hit_BL * weights_BL.astype(jnp.float32))
 
 
-def perplexity(terms: LossTerms) -> Float[Array, ""]:
-    """exp(mean token loss): meaningful for token-normalised cross-entropy."""
-    return jnp.exp(terms.mean())
+def component_metrics(name: str, coef: float, loss_sum, count, correct=None) -> dict[str, jax.Array]:
+    """One loss component's summed metrics in the schema `gptjax.metrics.summarize` reads: `<name>_sum`,
+    `<name>_count` (what it is divided by), `<name>_weighted` (coefficient · sum) and, for a component
+    scored by arg-max, `<name>_correct`."""
+    out = {f"{name}_sum": loss_sum, f"{name}_count": count, f"{name}_weighted": jnp.float32(coef) * loss_sum}
+    if correct is not None:
+        out[f"{name}_correct"] = correct
+    return out
 
 
-# Per-position kernels shared by the public terms above and the registry below; logprobs are float32.
-
-def _pick(x_BLV, targets_BL):
-    return jnp.take_along_axis(x_BLV, targets_BL[..., None], axis=-1)[..., 0]
-
-
-def _soft_ce(logprobs_BLV, probs_BLV):
-    return -jnp.sum(probs_BLV.astype(jnp.float32) * logprobs_BLV, axis=-1)
-
-
-def _uniform_ce(logprobs_BLV):
-    return -jnp.mean(logprobs_BLV, axis=-1)
-
-
-def _kl(logits_BLV, teacher_logits_BLV, temperature):
-    student_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32) / temperature, axis=-1)
-    teacher_BLV = jax.nn.log_softmax(
-        jax.lax.stop_gradient(teacher_logits_BLV).astype(jnp.float32) / temperature, axis=-1)
-    return temperature**2 * jnp.sum(jnp.exp(teacher_BLV) * (teacher_BLV - student_BLV), axis=-1)
-
-
-def _mse(logprobs_BLV, targets_BL):
-    probs_BLV = jnp.exp(logprobs_BLV)
-    # Σ_v (p_v − y_v)² = Σ_v p_v² − 2 p_target + 1, without materialising the one-hot.
-    return jnp.sum(probs_BLV**2, axis=-1) - 2 * _pick(probs_BLV, targets_BL) + 1
-
-
-def _unlikelihood(logprobs_BLV, inputs_BL, targets_BL, segment_ids_BL):
-    B, L = inputs_BL.shape
-    if segment_ids_BL is None:
-        segment_ids_BL = jnp.ones((B, L), jnp.int32)
-    same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]  # [b, t, s]
-    before_LL = jnp.tril(jnp.ones((L, L), bool))  # s <= t
-    same_token_BLL = inputs_BL[:, :, None] == inputs_BL[:, None, :]
-    # A set, not a multiset: count position s only at its token's first occurrence in its segment.
-    earlier_copy_BL = jnp.any(same_token_BLL & same_BLL & jnp.tril(jnp.ones((L, L), bool), -1), axis=-1)
-    candidate_BLL = (same_BLL & before_LL & ~earlier_copy_BL[:, None, :]
-                     & (inputs_BL[:, None, :] != targets_BL[:, :, None]))
-    logp_BLL = jnp.take_along_axis(logprobs_BLV, jnp.broadcast_to(inputs_BL[:, None, :], (B, L, L)), -1)
-    # log(1 − p) = log(−expm1(log p)), floored at 1e-5 as in the paper's code, so p → 1 stays finite.
-    penalty_BLL = -jnp.log(jnp.maximum(-jnp.expm1(logp_BLL), 1e-5))
-    return jnp.sum(jnp.where(candidate_BLL, penalty_BLL, 0.0), axis=-1)
-
-
-class Scored(NamedTuple):
-    """What a term may look at: the logits, their float32 log-softmax, the batch, a teacher's logits."""
-
-    logits_BLV: Array
-    logprobs_BLV: Array
-    inputs_BL: Array
-    targets_BL: Array
-    segment_ids_BL: Array | None
-    teacher_logits_BLV: Array | None
-    temperature: float
-
-
-TERMS: dict[str, Callable[[Scored], Array]] = {
-    "ce": lambda s: -_pick(s.logprobs_BLV, s.targets_BL),
-    "label_smoothing": lambda s: _uniform_ce(s.logprobs_BLV),
-    "z": lambda s: jax.nn.logsumexp(s.logits_BLV.astype(jnp.float32), axis=-1) ** 2,
-    "kl": lambda s: _kl(s.logits_BLV, s.teacher_logits_BLV, s.temperature),
-    "mse": lambda s: _mse(s.logprobs_BLV, s.targets_BL),
-    "unlikelihood": lambda s: _unlikelihood(s.logprobs_BLV, s.inputs_BL, s.targets_BL, s.segment_ids_BL),
-}
-# The terms that depend on the logits only through logsumexp, the target logit and the mean logit.
-CHUNKED_TERMS = ("ce", "label_smoothing", "z")
+def score_parts(scored: dict, lm: str) -> tuple[dict[str, tuple[float, jax.Array]], dict[str, jax.Array]]:
+    """{name: (coefficient, logits_BLV, targets_BL, weights_BL)} → (parts, summed metrics): each part the
+    weighted cross-entropy sum over its positions, divided later by its own count; `tokens` are part `lm`'s
+    targets (the language-model prediction perplexity and accuracy are measured on)."""
+    parts, metrics = {}, {}
+    for name, (coef, logits_BLV, targets_BL, weights_BL) in scored.items():
+        weights_BL = weights_BL.astype(jnp.float32)
+        part_sum = weighted_sum(cross_entropy(score(logits_BLV, targets_BL)), weights_BL)
+        parts[name] = (coef, part_sum)
+        metrics.update(component_metrics(name, coef, part_sum, jnp.sum(weights_BL),
+                                         correct_predictions(logits_BLV, targets_BL, weights_BL)))
+    metrics["tokens"] = metrics[f"{lm}_count"]
+    return parts, metrics
 
 
 class ChunkedStats(NamedTuple):
@@ -292,18 +253,3 @@ def _chunked_bwd(coefs, chunk, residuals, cotangents):
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
-
-
-def score_parts(scored: dict) -> tuple[dict[str, tuple[float, jax.Array]], dict[str, jax.Array]]:
-    """{name: (coefficient, logits_BLV, targets_BL, weights_BL)} → (parts, summed metrics): the float32
-    cross-entropy sum of each part and the metrics `gptjax.metrics.summarize_parts` reads: every objective
-    with named parts (gptjax/objectives/) scores them here."""
-    parts, metrics = {}, {}
-    for name, (coef, logits_BLV, targets_BL, weights_BL) in scored.items():
-        weights_BL = weights_BL.astype(jnp.float32)
-        part_sum = cross_entropy(logits_BLV, targets_BL, weights_BL).sum
-        parts[name] = (coef, part_sum)
-        metrics.update({f"{name}_sum": part_sum, f"{name}_count": jnp.sum(weights_BL),
-                        f"{name}_correct": correct_predictions(logits_BLV, targets_BL, weights_BL),
-                        f"{name}_weighted": jnp.float32(coef) * part_sum})
-    return parts, metrics

@@ -15,34 +15,37 @@ def _per(value: float, by: float) -> float:
     return value / by if by > 0 else float("nan")
 
 
-def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Normalise summed metrics once: the objective (`loss`), each term under its own name, perplexity
-    and token accuracy.
+def components(sums: dict) -> list[str]:
+    """The loss components a set of summed metrics holds: every name with a `<name>_weighted`."""
+    return [key.removesuffix("_weighted") for key in sums if key.endswith("_weighted")]
 
-    `loss_sum` and every `<term>_sum` are divided by the objective's normaliser `weight` (real target
-    tokens unless `loss.normalization` says otherwise); perplexity = exp(cross-entropy per real target
-    token) and accuracy are per real target token (`tokens`) whatever the normalisation.
+
+def objective_loss(sums: dict):
+    """Σ over components of coefficient · sum / count, a component with count 0 adding 0: the train step's
+    loss, from summed metrics. Plain arithmetic, so it serves host floats and device arrays alike."""
+    return sum(sums[f"{c}_weighted"] / (sums[f"{c}_count"] + (sums[f"{c}_count"] == 0))
+               for c in components(sums))
+
+
+def summarize(sums: dict[str, float], lm: str) -> dict[str, float]:
+    """The log record of every objective from its summed metrics, normalised once.
+
+    The schema (produced by `gptjax.losses.component_metrics`): each loss component c (a part of the
+    loss, or a term of causal_lm's one part) sums `<c>_sum`, `<c>_count` (what it is divided by) and
+    `<c>_weighted` (coefficient · sum), and, when it predicts by arg-max, `<c>_correct`; `tokens` counts
+    the real targets of component `lm`, the language-model prediction. The record: `loss`
+    (`objective_loss`), each component's mean under its own name, `<c>_accuracy` for the components other
+    than `lm` that predict, and `perplexity` (exp of `lm`'s cross-entropy per token), `accuracy` and
+    `tokens` of `lm`. A component with no count has mean NaN.
     """
-    weight, tokens = sums["weight"], sums["tokens"]
-    record = {"loss": _per(sums["loss_sum"], weight)}
-    record.update({key.removesuffix("_sum"): _per(value, weight) for key, value in sums.items()
-                   if key.endswith("_sum") and key != "loss_sum"})
-    ce_per_token = _per(sums["ce_sum"], tokens)
-    record.update(perplexity=math.exp(min(ce_per_token, 700.0)), accuracy=_per(sums["correct"], tokens),
-                  tokens=tokens)
-    return record
-
-
-def summarize_parts(sums: dict[str, float], parts: tuple[str, ...], lm_part: str) -> dict[str, float]:
-    """The log record from summed metrics: `loss` = Σ coef·sum / max(count, 1) (the train step's formula),
-    each part's mean and accuracy, `perplexity` = exp(mean CE of `lm_part`), `accuracy` and `tokens` (its
-    token accuracy and count). A part with no count has mean NaN."""
-    record = {"loss": sum(sums[f"{p}_weighted"] / max(sums[f"{p}_count"], 1.0) for p in parts)}
-    for p in parts:
-        record[p] = _per(sums[f"{p}_sum"], sums[f"{p}_count"])
-        record[f"{p}_accuracy"] = _per(sums[f"{p}_correct"], sums[f"{p}_count"])
-    record.update(perplexity=math.exp(min(record[lm_part], 700.0)),
-                  accuracy=record[f"{lm_part}_accuracy"], tokens=sums[f"{lm_part}_count"])
+    tokens = sums["tokens"]
+    record = {"loss": objective_loss(sums)}
+    for c in components(sums):
+        record[c] = _per(sums[f"{c}_sum"], sums[f"{c}_count"])
+        if c != lm and f"{c}_correct" in sums:
+            record[f"{c}_accuracy"] = _per(sums[f"{c}_correct"], sums[f"{c}_count"])
+    record.update(perplexity=math.exp(min(_per(sums[f"{lm}_sum"], tokens), 700.0)),
+                  accuracy=_per(sums[f"{lm}_correct"], tokens), tokens=tokens)
     return record
 
 

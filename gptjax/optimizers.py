@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gptjax.config import ConfigError, OptimConfig
+from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
+from gptjax.optimizers_modern import MODERN_RULES
+from gptjax.soap import key_name, linear_shape, linear_view
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -31,15 +33,8 @@ Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight deca
 POSITION_KEYS = ("wpe", "position", "enc_bias", "dec_bias")
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _is_position_table(path: tuple) -> bool:
-    return any(tag in _key_name(key) for key in path for tag in POSITION_KEYS)
+    return any(tag in key_name(key) for key in path for tag in POSITION_KEYS)
 
 
 # Scanned layer stacks (`model.scan_layers`) live under this key with a leading layer axis, which does
@@ -48,46 +43,9 @@ STACKED_KEY = "layers"
 
 
 def _ndim(path: tuple, x) -> int:
-    """Dimensions of the parameter at `path` as a Linear would have them, without a scanned layer axis."""
-    return len(_linear_shape(path, x.shape)) - (1 if path and _key_name(path[0]) == STACKED_KEY else 0)
-
-
-# Fused projections (gptjax.layers.FusedDense) keep their parts on an axis of their own: kernel [D, n, F],
-# bias [n, F]. Every shape-dependent choice of an update rule (the ndim >= 2 decay rule, Adafactor's
-# factoring) sees them as the one Linear they stand for, [D, n·F] and [n·F], so the numbers do not depend
-# on how the parameters are laid out for sharding.
-FUSED_MODULES = ("c_attn", "c_kv", "c_fc")
-
-
-def _linear_shape(path: tuple, shape: tuple) -> tuple:
-    names = [_key_name(key) for key in path]
-    base = 1 if names and names[0] == STACKED_KEY else 0
-    linear_ndim = {"kernel": 2, "bias": 1}.get(names[-1] if names else "", -1)
-    fused = len(names) >= 2 and names[-2] in FUSED_MODULES and len(shape) == base + linear_ndim + 1
-    return (*shape[:-2], shape[-2] * shape[-1]) if fused else tuple(shape)
-
-
-def _as_linear(tree: Any) -> Any:
-    """`tree` (arrays or shapes) with every fused leaf reshaped to its Linear shape."""
-    def view(path, x):
-        shape = _linear_shape(path, x.shape)
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(shape, x.dtype)
-        return x.reshape(shape)
-    return jax.tree_util.tree_map_with_path(view, tree)
-
-
-def linear_view(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx` applied to the Linear shapes of fused parameters (state in those shapes), updates given back
-    in the parameters' own shapes."""
-    def init(params):
-        return tx.init(_as_linear(params))
-
-    def update(updates, state, params=None):
-        new, state = tx.update(_as_linear(updates), state, None if params is None else _as_linear(params))
-        return jax.tree.map(lambda u, like: u.reshape(like.shape), new, updates), state
-
-    return optax.GradientTransformation(init, update)
+    """Dimensions of the parameter at `path` as a Linear would have them (`linear_shape`), without a
+    scanned layer axis."""
+    return len(linear_shape(path, x.shape)) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
 
 
 def _decay_ndim2(params: Any) -> Any:
@@ -97,24 +55,17 @@ def _decay_ndim2(params: Any) -> Any:
         lambda path, x: _ndim(path, x) >= 2 and not _is_position_table(path), params)
 
 
-MASKS: dict[str, Mask] = {
+MASKS: dict[str, Mask] = registry(DecayMask, {
     "ndim>=2": _decay_ndim2,
     "all": lambda params: jax.tree.map(lambda _: True, params),
     "none": lambda params: jax.tree.map(lambda _: False, params),
-}
+})
 
 
 def _lookup(registry: dict, what: str, name: str) -> Any:
     if name not in registry:
         raise ConfigError(f"unknown {what} {name!r}; known: {', '.join(registry)}")
     return registry[name]
-
-
-def decay_mask(params: Any, kind: str = "ndim>=2") -> Any:
-    """Pytree of bools shaped like `params`, True for the leaves that get weight decay under mask `kind`
-    (`MASKS`: "ndim>=2", the default, decays tensors of two or more dimensions except position
-    embeddings; "all"; "none")."""
-    return _lookup(MASKS, "optim.decay_mask", kind)(params)
 
 
 def _warmup(cfg: OptimConfig, t: jax.Array) -> jax.Array:
@@ -164,12 +115,12 @@ def _rsqrt(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return schedule
 
 
-SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = {
+SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = registry(ScheduleName, {
     "constant": _constant,
     "linear": _linear,
     "cosine": _cosine,
     "rsqrt": _rsqrt,
-}
+})
 
 
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -192,6 +143,10 @@ class AdamL2:
     leaves, then m and v are the usual bias-corrected moments of that g and θ ← θ − lr_t·m̂/(√v̂ + ε). The
     decay term passes through the adaptive scaling, so large-v weights are barely decayed."""
 
+    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
+    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
+
     b1: float
     b2: float
     eps: float
@@ -213,6 +168,10 @@ class AdamW:
     decay beside the Adam step and outside its moments. As in optax.adamw and PyTorch, lr_t is the
     scheduled learning rate itself, so the decay per step is lr_t·wd (the paper scales wd by the schedule
     multiplier only)."""
+
+    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
+    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
 
     b1: float
     b2: float
@@ -254,6 +213,9 @@ class Adafactor:
     m ← β1·m + (1 − β1)·α_t·Û without bias correction, as in tensor2tensor and Mesh TensorFlow. β2 is
     either constant with Adam's bias correction or the paper's 1 − t^(−c); weight decay, if any, is
     decoupled: θ ← θ − lr_t·wd·θ."""
+
+    # b1, b2 and the decay are read in Python (momentum on or off, log β2, decay on or off): lr alone.
+    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr",)
 
     b1: float
     b2: float
@@ -300,11 +262,12 @@ class Adafactor:
 
 Rule = AdamL2 | AdamW | Adafactor
 
-RULES: dict[str, type[Rule]] = {
+RULES: dict[str, type[Rule]] = registry(RuleName, {
     "adam_l2": AdamL2,
     "adamw": AdamW,
     "adafactor": Adafactor,
-}
+    **MODERN_RULES,  # gptjax/optimizers_modern.py
+})
 
 
 def build_rule(cfg: OptimConfig) -> Rule:
@@ -315,11 +278,14 @@ def build_rule(cfg: OptimConfig) -> Rule:
 def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The whole optax chain for `cfg`: clip the gradient's global norm to `grad_clip` (if > 0, before
     anything else, so the L2 term of adam_l2 is not clipped), then the update rule with the learning rate
-    of `build_schedule(cfg, total_steps)` and weight decay on the leaves of `decay_mask(params,
-    cfg.decay_mask)`."""
+    of `build_schedule(cfg, total_steps)` and weight decay on the leaves `MASKS[cfg.decay_mask]` marks
+    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
-    tx = build_rule(cfg).build(schedule, mask_fn)
+    rule = build_rule(cfg)
+    if hasattr(rule, "for_run"):  # numbers that depend on the run's length (AdEMAMix's T_α,β3)
+        rule = rule.for_run(total_steps)
+    tx = rule.build(schedule, mask_fn)
     if cfg.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
     return tx

@@ -97,7 +97,7 @@ def make_mesh(cfg: TrainConfig, batch_size: int, batch_name: str = "data.batch_s
     if batch_size % rows:
         raise ConfigError(f"{batch_name} ({batch_size}) must be divisible by the number of devices "
                           f"it is split over ({rows} = data {sizes['data']} × fsdp {sizes['fsdp']})")
-    # Auto axis types: explicit sharding types make embedding gathers fail (DESIGN.md, known facts).
+    # Auto axis types: explicit sharding types make embedding gathers fail (docs/scaling.md).
     auto = jax.sharding.AxisType.Auto
     n = math.prod(sizes.values())
     return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES, axis_types=(auto,) * 3,

@@ -9,9 +9,9 @@ i/N; a finished variant (its `status.json` says done) is skipped, an interrupted
 checkpoints (train() does that for any workdir that holds some), a failed one is recorded with its error
 and the others go on. Variants that share `train.seed` share their initial parameters and batch order, so
 their differences are the optimizer's (paired by construction). With `vmap`, variants that differ only in
-the continuous hyperparameters of one update rule (`VECTORISABLE`) are trained as a group in one process
-and one vmapped program (`gptjax/vectorised.py`), each still into its own workdir with its own metrics
-and checkpoints; the others run as above.
+the traceable hyperparameters of one update rule (`TRACEABLE` in gptjax/optimizers.py) are trained as a
+group in one process and one vmapped program (gptjax/trials.py), each still into its own workdir with its
+own metrics and checkpoints; the others run as above.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from gptjax.config import (
     PRESETS,
     ConfigError,
     Experiment,
-    OptimConfig,
     experiment_path,
     from_dict,
     to_dict,
@@ -43,16 +42,6 @@ from gptjax.config import (
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.=,+-]+")
 STATUS = "status.json"  # in each variant's workdir: {"status": "done" | "failed" | "running", ...}
-
-# Optimizer fields that enter each rule only through arithmetic (no Python branch on their value), so they
-# may be traced values and one compiled program serves every trial. Adafactor reads b1, b2 and the decay
-# in Python (momentum on/off, log b2, decay on/off), hence lr alone. `preset` is only a label.
-VECTORISABLE: dict[str, tuple[str, ...]] = {
-    "adam_l2": ("lr", "b1", "b2", "eps", "weight_decay"),
-    "adamw": ("lr", "b1", "b2", "eps", "weight_decay"),
-    "adafactor": ("lr",),
-}
-
 
 def replace_path(cfg: Experiment, path: str, value: Any) -> Experiment:
     """`cfg` with the field at dotted `path` (e.g. "optim.lr") set to `value`; "optim.preset" swaps in the
@@ -180,29 +169,13 @@ def shard_variants(names: Sequence[str], shard: tuple[int, int]) -> list[str]:
     return [name for k, name in enumerate(sorted(names)) if k % n == i]
 
 
-def varying_fields(cfgs: Sequence[Experiment]) -> tuple[str, ...]:
-    """The optimizer fields on which `cfgs` differ (the preset's name aside); ConfigError unless nothing
-    else differs and each of those fields is vectorisable for the rule."""
-    base = cfgs[0]
-    for cfg in cfgs[1:]:
-        if dataclasses.replace(cfg, optim=base.optim) != base:
-            raise ConfigError("vectorised trials must differ only in optim fields (same model, data, seed, "
-                              "steps)")
-    names = [f.name for f in dataclasses.fields(OptimConfig) if f.name != "preset"]
-    varying = tuple(n for n in names if len({getattr(c.optim, n) for c in cfgs}) > 1)
-    allowed = VECTORISABLE.get(base.optim.rule, ())
-    bad = [n for n in varying if n not in allowed]
-    if bad:
-        raise ConfigError(f"optim.{bad[0]} cannot be vectorised for rule {base.optim.rule}; "
-                          f"vectorisable: {', '.join(allowed) or 'nothing'}")
-    return varying
-
-
 def _group_key(cfg: Experiment) -> str | None:
-    # The config with its vectorisable fields blanked: equal keys, one program. Sharded (fsdp, tensor) or
+    # The config with its traceable fields blanked: equal keys, one program. Sharded (fsdp, tensor) or
     # multi-host trials stay alone, since a vmapped group keeps its stacked state replicated, and so do
     # runs started from another's parameters (train.init_from), which the group's one init cannot serve.
-    fields = VECTORISABLE.get(cfg.optim.rule)
+    from gptjax.trials import traceable
+
+    fields = traceable(cfg.optim.rule)
     t = cfg.train
     if not fields or t.fsdp != 1 or t.tensor != 1 or t.distributed or t.init_from:
         return None
@@ -213,8 +186,8 @@ def _group_key(cfg: Experiment) -> str | None:
 def vmap_groups(variants: dict[str, Experiment], resume_steps: dict[str, int] | None = None
                 ) -> list[list[str]]:
     """`variants` partitioned into the units a vmapped sweep trains together, sorted: variants whose
-    configs are equal but for the `VECTORISABLE` fields of their rule (and the preset's name) share a
-    unit, unless `resume_steps` puts them at different checkpoints (a group steps in lockstep); every
+    configs are equal but for their rule's `TRACEABLE` fields (gptjax/optimizers.py) and the preset's name
+    share a unit, unless `resume_steps` puts them at different checkpoints (a group steps in lockstep); every
     other variant is a unit of its own, trained as without vmap. Seeds are not vmapped: a seed changes
     the initial parameters and the batches, which one shared batch per step cannot serve."""
     resume_steps = resume_steps or {}
@@ -386,10 +359,10 @@ def _run_group(workdirs: Sequence[Path]) -> int:
     """Child process: train the variants left in `workdirs` by `run_sweep` as one vmapped group; a trial
     that diverges is recorded failed in its own `status.json` while the others train on."""
     from gptjax.guards import EXIT_DIVERGED
-    from gptjax.vectorised import train_group
+    from gptjax.train import train_trials
 
     trials = {w: validate(from_dict(json.loads((w / "variant.json").read_text()))) for w in workdirs}
-    code, results = _guarded(lambda: train_group(trials))
+    code, results = _guarded(lambda: train_trials(trials))
     if code:
         return code
     for workdir, result in results.items():

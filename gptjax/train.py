@@ -1,8 +1,10 @@
-"""The train state, the pure train and eval steps, and the loop around them.
+"""The train state, the pure train and eval steps, the compiled `Steps` of a run, and `train()`.
 
 `train_step(state, batch)` is a pure function of pytrees, jitted over the device mesh with the state
-donated; the model lives in it only as `nnx.merge(graphdef, params)`. Everything stateful (data position,
-metrics, checkpoints, the progress bar) is in `train()`, on the host.
+donated; the model lives in it only as `nnx.merge(graphdef, params)`. `build_steps` turns resolved
+configs into an immutable `Steps` value: one config is one run, several are a vmapped group of trials
+(gptjax/trials.py) whose state has a leading trial axis. `train_trials` runs either through the one loop
+of gptjax/loop.py, with logging, evaluation, checkpoints, stop signals and the progress bar as hooks.
 """
 
 from __future__ import annotations
@@ -21,18 +23,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from gptjax import sharding
-from gptjax.checkpoint import Checkpointer, checkpoint_steps
+from gptjax.checkpoint import Checkpointer, checkpoint_steps, restore_params
 from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
-from gptjax.generate import generate
-from gptjax.guards import Diverged, Preempted, StopSignals, WorkdirLock
-from gptjax.metrics import MetricsWriter, NullWriter, progress_bar
-from gptjax.models import abstract_params, build_model, count_params, param_axes, split_params, tree_bytes
+from gptjax.generate import prompt_tokens, sample_text
+from gptjax.guards import StopSignals, WorkdirLock
+from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnSignal, Trainer, Trial
+from gptjax.metrics import MetricsWriter, NullWriter
+from gptjax.models import abstract_model, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
-from gptjax.optimizers import build_optimizer, build_schedule, state_bytes
+from gptjax.optimizers import build_optimizer, build_schedule
+from gptjax.trials import Layout, injected_optimizer, varying_fields
 
 
 @flax.struct.dataclass
@@ -138,55 +143,157 @@ def fresh_state(params, tx) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def init_state(seed: int, *, cfg: Experiment, tx) -> TrainState:
-    _, params = split_params(build_model(cfg.model, seed))
-    return fresh_state(params, tx)
+def init_params(seed: int, *, cfg: Experiment):
+    return split_params(build_model(cfg.model, seed))[1]
 
 
-class Run:
-    """Everything needed to step, evaluate and checkpoint one experiment on one mesh."""
+def _with_shardings(abstract, shardings):
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  abstract, shardings)
 
-    def __init__(self, cfg: Experiment, vocab_size: int, n_classes: int = 0):
-        self.cfg = cfg = resolve(cfg, vocab_size, n_classes)
-        self.objective = OBJECTIVES[cfg.objective.name]
-        # Each micro-batch is split over the data axis, so it is the micro-batch that must divide.
-        k = cfg.train.grad_accum
-        self.mesh = sharding.make_mesh(cfg.train, cfg.data.batch_size // k,
-                                       "data.batch_size" if k == 1 else "data.batch_size / train.grad_accum")
-        self.tx = build_optimizer(cfg.optim, cfg.train.steps)
-        self.schedule = build_schedule(cfg.optim, cfg.train.steps)
-        self.graphdef, abstract = abstract_params(cfg.model)
-        self.teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
-        self.n_params = count_params(abstract)
-        self.param_bytes = tree_bytes(abstract)
-        self.opt_state_bytes = state_bytes(self.tx, abstract)
-        init = functools.partial(init_state, cfg.train.seed, cfg=cfg, tx=self.tx)
-        self.abstract_state = jax.eval_shape(init)
-        state_shardings = sharding.state_shardings(self.abstract_state, self.mesh, param_axes(cfg.model))
-        self.abstract_state = jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self.abstract_state, state_shardings)
-        replicated = sharding.replicated(self.mesh)
-        self.init = jax.jit(init, out_shardings=state_shardings)
-        # Given parameters (train.init_from), a fresh optimizer state and step 0.
-        self.init_with = jax.jit(functools.partial(fresh_state, tx=self.tx), out_shardings=state_shardings)
-        self.init_from = None  # the checkpoint step train.init_from starts from, set by train()
-        self.step = jax.jit(
-            sharding.constrained_on(self.mesh, functools.partial(train_step, graphdef=self.graphdef,
-                                                                 tx=self.tx, cfg=cfg, teacher=self.teacher)),
-            in_shardings=(state_shardings, sharding.batch_sharding(self.mesh)),
-            out_shardings=(state_shardings, replicated), donate_argnums=0)
-        self.eval = jax.jit(sharding.constrained_on(self.mesh, functools.partial(
-                                eval_step, graphdef=self.graphdef, cfg=cfg, teacher=self.teacher)),
-                            in_shardings=(state_shardings.params, sharding.batch_sharding(self.mesh)),
-                            out_shardings=replicated)
 
-    def evaluate(self, params, batches) -> dict[str, float]:
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """The jitted eval step of a model on a mesh; called on parameters and batches, it returns the
+    objective's summary of the summed metrics (loss, perplexity, accuracy, …)."""
+
+    cfg: Experiment
+    mesh: Mesh
+    eval: Any  # jitted (params, batch) -> summed metrics
+
+    def __call__(self, params, batches) -> dict[str, float]:
         totals: dict[str, Any] = {}
         for batch in batches:
             metrics = self.eval(params, batch)
             totals = {k: totals.get(k, 0.0) + v for k, v in metrics.items()}
-        return self.objective.summarize({k: float(v) for k, v in jax.device_get(totals).items()})
+        return OBJECTIVES[self.cfg.objective.name].summarize(
+            {k: float(v) for k, v in jax.device_get(totals).items()})
+
+
+def build_evaluator(cfg: Experiment, graphdef, mesh: Mesh, *, teacher=None, param_shardings=None
+                    ) -> Evaluator:
+    """An `Evaluator` of the resolved `cfg`; needs parameters only, no optimizer."""
+    fn = jax.jit(sharding.constrained_on(mesh, functools.partial(eval_step, graphdef=graphdef, cfg=cfg,
+                                                                 teacher=teacher)),
+                 in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+    return Evaluator(cfg, mesh, fn)
+
+
+def inference_mesh(cfg: Experiment) -> Mesh:
+    """One data-parallel device (times train.fsdp × train.tensor), for sampling and evaluating a trained
+    workdir."""
+    return sharding.make_mesh(dataclasses.replace(cfg.train, data_parallel=1), cfg.data.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """Everything compiled to step, evaluate and checkpoint one run, or a vmapped group of trials, on one
+    mesh; built once by `build_steps` and never changed. The loop's state is a `TrainState`, stacked on
+    a leading trial axis for a group; each trial's own state ("separate": what its checkpoints hold)
+    goes in with `stack` and comes out with `unstack`."""
+
+    cfgs: tuple[Experiment, ...]  # resolved, one per trial; they differ only in traceable optim fields
+    mesh: Mesh
+    graphdef: Any
+    teacher: Any  # (graphdef, params) of loss.teacher, or None
+    layouts: tuple[Layout, ...] | None  # a group's per-trial optimizer layouts; None for a single run
+    abstract_params: Any  # with shardings
+    abstract_opt_states: tuple[Any, ...]  # each trial's separate optimizer state, with shardings
+    init_params: Any  # jitted () -> the parameters of seed train.seed
+    fresh: tuple[Any, ...]  # per trial, jitted params -> its separate state at step 0
+    step: Any  # jitted (state, batch) -> (state, metrics), the state donated
+    evaluate: Evaluator
+    n_params: int
+    param_bytes: int
+
+    @property
+    def cfg(self) -> Experiment:
+        return self.cfgs[0]
+
+    def opt_state_bytes(self, trial: int = 0) -> int:
+        return tree_bytes(self.abstract_opt_states[trial])
+
+    def stack(self, states: list[TrainState]) -> TrainState:
+        """The loop's state from each trial's separate state."""
+        if self.layouts is None:
+            return states[0]
+        # Stacked on the host and sent once: eager device ops would compile one small program per shape.
+        vmapped = jax.device_get([TrainState(s.step, s.params, layout.to_vmapped(s.step, s.opt_state))
+                                  for layout, s in zip(self.layouts, states, strict=True)])
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *vmapped)
+        return jax.device_put(stacked, sharding.replicated(self.mesh))
+
+    def unstack(self, state: TrainState) -> list[TrainState]:
+        """Each trial's separate state from the loop's."""
+        if self.layouts is None:
+            return [state]
+        trials = _unstack(state, len(self.layouts))
+        return [TrainState(s.step, s.params, layout.to_separate(s.opt_state))
+                for layout, s in zip(self.layouts, trials, strict=True)]
+
+    def trial_metrics(self, host: dict[str, Any], trial: int) -> dict[str, float]:
+        """Trial `trial`'s metrics of a step, from the step's metrics on the host."""
+        return {k: float(v if self.layouts is None else v[trial]) for k, v in host.items()}
+
+    def init(self) -> TrainState:
+        """The loop's state at step 0: seed train.seed's parameters and fresh optimizer states."""
+        params = self.init_params()
+        return self.stack([fresh(params) for fresh in self.fresh])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(state, n: int):
+    return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(n)]
+
+
+def build_steps(*cfgs: Experiment) -> Steps:
+    """The compiled `Steps` of resolved configs (`resolve`): one config is one run; several are a vmapped
+    group of trials that differ only in the traceable hyperparameters of one update rule
+    (`gptjax.trials.varying_fields`), trained on one shared batch per step."""
+    cfg = cfgs[0]
+    group = len(cfgs) > 1
+    fields = varying_fields(cfgs) if group else ()
+    if group and (cfg.train.fsdp != 1 or cfg.train.tensor != 1 or jax.process_count() > 1):
+        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp and train.tensor "
+                          "must be 1, and one host")
+    # Each micro-batch is split over the data axis, so it is the micro-batch that must divide.
+    k = cfg.train.grad_accum
+    mesh = sharding.make_mesh(cfg.train, cfg.data.batch_size // k,
+                              "data.batch_size" if k == 1 else "data.batch_size / train.grad_accum")
+    model = abstract_model(cfg.model)
+    graphdef, abstract = split_params(model)
+    axes = param_axes(model)  # the logical names each parameter declares, mapped onto the mesh by RULES
+    teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
+    separate_txs = [build_optimizer(c.optim, c.train.steps) for c in cfgs]
+    states = [jax.eval_shape(functools.partial(fresh_state, tx=tx), abstract) for tx in separate_txs]
+    shardings = [sharding.state_shardings(s, mesh, axes) for s in states]
+    states = [_with_shardings(s, sh) for s, sh in zip(states, shardings, strict=True)]
+    replicated = sharding.replicated(mesh)
+    if group:
+        tx = injected_optimizer(cfg.optim, fields, cfg.train.steps)
+        injected = jax.eval_shape(tx.init, abstract)
+        layouts = tuple(Layout(c, fields, s.opt_state, injected) for c, s in zip(cfgs, states, strict=True))
+        step_fn = jax.vmap(functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher),
+                           in_axes=(0, None))  # the batch is shared: each trial sees its separate run's
+        state_sharding, metric_sharding = replicated, replicated
+    else:
+        tx, layouts = separate_txs[0], None
+        step_fn = sharding.constrained_on(
+            mesh, functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher))
+        state_sharding, metric_sharding = shardings[0], replicated
+    step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, metric_sharding), donate_argnums=0)
+    fresh = tuple(jax.jit(functools.partial(fresh_state, tx=t), out_shardings=sh)
+                  for t, sh in zip(separate_txs, shardings, strict=True))
+    return Steps(
+        cfgs=tuple(cfgs), mesh=mesh, graphdef=graphdef, teacher=teacher, layouts=layouts,
+        abstract_params=states[0].params, abstract_opt_states=tuple(s.opt_state for s in states),
+        init_params=jax.jit(functools.partial(init_params, cfg.train.seed, cfg=cfg),
+                            out_shardings=shardings[0].params),
+        fresh=fresh, step=step,
+        evaluate=build_evaluator(cfg, graphdef, mesh, teacher=teacher, param_shardings=shardings[0].params),
+        n_params=count_params(abstract), param_bytes=tree_bytes(abstract))
 
 
 def check_workdir(workdir: Path, cfg: Experiment) -> None:
@@ -202,238 +309,42 @@ def check_workdir(workdir: Path, cfg: Experiment) -> None:
                               f"use another --workdir or remove it")
 
 
-def prompt_tokens(cfg: Experiment, tokenizer) -> np.ndarray:
-    """The sampling prompt as tokens, behind the end-of-text token that starts every document."""
-    s = cfg.sample
-    prompt = np.concatenate([[tokenizer.eot_id], tokenizer.encode(s.prompt)]).astype(np.int32)
-    if len(prompt) + s.max_new_tokens > cfg.model.context:
-        raise ConfigError(f"prompt ({len(prompt)} tokens) + sample.max_new_tokens "
-                          f"({s.max_new_tokens}) exceed the model's context ({cfg.model.context})")
-    return prompt
-
-
-def sample_text(run: Run, params, tokenizer, seed: int) -> str:
-    s = run.cfg.sample
-    prompt = prompt_tokens(run.cfg, tokenizer)
-    # Ids the tokenizer cannot decode, and padding unless it doubles as end of text (GPT-2 has no pad).
-    banned = tuple(i for i in range(run.cfg.model.vocab_size)
-                   if i >= tokenizer.vocab_size or (i == tokenizer.pad_id != tokenizer.eot_id))
-    tokens, count = generate(params, jnp.asarray(prompt[None]), jax.random.key(seed),
-                             graphdef=run.graphdef, max_new_tokens=s.max_new_tokens,
-                             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                             eot_id=tokenizer.eot_id, banned=banned)
-    new = np.asarray(tokens[0, : int(count[0])])
-    return s.prompt + tokenizer.decode(new)
-
-
-def train(cfg: Experiment, workdir: Path, *, log=print) -> dict[str, Any]:
-    """Train (or resume) `cfg` in `workdir`; return the final validation metrics and the sample.
-
-    Raises `Preempted` after checkpointing when SIGTERM/SIGINT arrives, `Diverged` after
-    `train.max_nonfinite_steps` non-finite steps in a row, `ConfigError` for bad input (before writing).
-    """
-    workdir = Path(workdir)
-    init_from = check_init_from(cfg)
-    data = build_objective_data(cfg, tokenizer_path(cfg, workdir))
-    if cfg.objective.name == "causal_lm":
-        prompt_tokens(cfg, data.tokenizer)  # a sample that cannot fit fails now, not after training
-    sharding.initialize_distributed(cfg.train)
-    if cfg.train.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(Path(cfg.train.compilation_cache_dir).absolute()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    run = Run(cfg, data.tokenizer.vocab_size, getattr(data, "n_classes", 0))
-    check_workdir(workdir, run.cfg)
-    run.init_from = init_from
-    # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
-    # only process 0 holds the lock and writes config, metrics and the sample.
-    lead = jax.process_index() == 0
-    with WorkdirLock(workdir) if lead else contextlib.nullcontext(), StopSignals() as stop:
-        return _train_locked(run, data, workdir, stop, log if lead else (lambda *_: None), lead)
-
-
-def _train_locked(run: Run, data, workdir: Path, stop: StopSignals, log, lead: bool) -> dict[str, Any]:
-    cfg = run.cfg
-    if lead:
-        (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        if hasattr(data.tokenizer, "save") and not (workdir / "tokenizer.json").exists():
-            data.tokenizer.save(workdir / "tokenizer.json")  # sample, eval and resume read it back
-    checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    restored = checkpointer.restore_latest(run.abstract_state, warn=log)
-    if restored is None:
-        state = run.init()
-        if run.init_from is not None:
-            state = start_from(state, run)
-            log(f"{cfg.name}: parameters from {cfg.train.init_from} (step {run.init_from})")
-        log(f"{cfg.name}: {run.n_params:,} parameters ({run.param_bytes / 2**20:.1f} MiB), optimizer "
-            f"{cfg.optim.preset} state {run.opt_state_bytes / run.n_params:.1f} bytes/parameter, "
-            f"{len(run.mesh.devices.flat)} device(s), training to step {cfg.train.steps} in {workdir}")
-    else:
-        state, meta = restored
-        log(f"{cfg.name}: resumed from step {meta['step']} in {workdir}, "
-            f"training to step {cfg.train.steps}")
-    start = int(state.step)
-
-    val_batches = [sharding.put_batch(b, run.mesh) for b in data.val_batches(cfg.train.eval_batches)]
-    t_compile = time.perf_counter()
-    step_fn = run.step.lower(state, val_batches[0]).compile()  # ahead of time, to report its cost
-    compile_s = time.perf_counter() - t_compile
-    log(f"train step compiled in {compile_s:.1f} s")
-    writer = MetricsWriter(workdir) if lead else NullWriter()
-    model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
-    peak = peak_flops(run.mesh.devices.flat[0])
-    peak = peak * run.mesh.devices.size if peak else None
-    unigram = unigram_entropy(data.val_tokens)  # what a model that ignores context can reach
-    writer.write(start, "setup", {"val_unigram_entropy": unigram, "params": run.n_params,
-                                  "param_bytes": run.param_bytes,
-                                  "opt_state_bytes": run.opt_state_bytes,
-                                  "opt_state_bytes_per_param": run.opt_state_bytes / run.n_params,
-                                  "devices": len(run.mesh.devices.flat), "compile_s": compile_s,
-                                  "flops_per_token": model_flops, "peak_flops": peak})
-    bar = progress_bar(start, cfg.train.steps, cfg.train.progress and lead)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    t0 = time.perf_counter()
-    window_start, window = t0, {}
-    skipped = {"total": 0, "in_a_row": 0}
-    val = None
-
-    def flush(step: int, metrics) -> None:
-        nonlocal window, window_start  # sums over the finite steps since the last log line
-        host = jax.device_get(metrics)
-        if host["nonfinite"]:
-            skipped["total"] += 1
-            skipped["in_a_row"] += 1
-            writer.write(step, "skipped", {"reason": "non-finite loss or gradient",
-                                           "in_a_row": skipped["in_a_row"], "total": skipped["total"]})
-            bar.write(f"step {step:>6}  skipped: non-finite loss or gradient "
-                      f"({skipped['in_a_row']} in a row)")
-            if skipped["in_a_row"] >= cfg.train.max_nonfinite_steps:
-                raise Diverged(f"training diverged: {skipped['in_a_row']} non-finite steps in a row, the "
-                               f"last at step {step}; the last checkpoint holds finite parameters")
-            return
-        skipped["in_a_row"] = 0
-        for key, value in host.items():
-            window[key] = window.get(key, 0.0) + float(value)
-        window["steps"] = window.get("steps", 0) + 1
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            now = time.perf_counter()
-            record = run.objective.summarize(window)
-            n = window["steps"]
-            record.update(lr=float(run.schedule(step - 1)),
-                          **{k: window[k] / n for k in ("grad_norm", "update_norm", "param_norm")},
-                          skipped_steps=skipped["total"],
-                          tokens_per_s=n * tokens_per_step / (now - window_start), elapsed_s=now - t0)
-            record["mfu"] = record["tokens_per_s"] * model_flops / peak if peak else None
-            writer.write(step, "train", record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}",
-                            mfu=f"{record['mfu']:.1%}" if peak else "?")
-            window, window_start = {}, now
-
-    def save(step: int, state: TrainState) -> None:
-        checkpointer.save(step, state, {"step": step, "data_position": step, "seed": cfg.train.seed})
-
-    def evaluate(step: int, state: TrainState) -> None:
-        nonlocal val
-        val = run.evaluate(state.params, val_batches)
-        writer.write(step, "val", {**val, "elapsed_s": time.perf_counter() - t0})
-        bar.write(f"step {step:>6}  val loss {val['loss']:.4f}  perplexity "
-                  f"{val['perplexity']:.2f}  accuracy {val['accuracy']:.3f}")
-
-    try:
-        state = step_loop(run, data, state, step_fn, start, flush=flush, save=save, evaluate=evaluate,
-                          stop=stop, tick=lambda: bar.update(1), written="checkpoint and metrics")
-    finally:
-        bar.close()
-        checkpointer.close()  # waits for the asynchronous writes
-        writer.close()
-    if val is None:
-        val = run.evaluate(state.params, val_batches)
-    text = ""
-    # Multi-host: sample afterwards with `python -m gptjax sample`. Other objectives do not generate.
-    if jax.process_count() == 1 and cfg.objective.name == "causal_lm":
-        text = sample_text(run, state.params, data.tokenizer, cfg.train.seed)
-        (workdir / "sample.txt").write_text(text + "\n")
-    return {"val": val, "sample": text, "step": int(state.step), "val_unigram_entropy": unigram}
-
-
-def step_loop(run: Run, data, state, step_fn, start: int, *, flush, save, evaluate, stop: StopSignals,
-              tick=lambda: None, written: str) -> Any:
-    """Steps `start + 1 … train.steps` of `step_fn` on the data's batches; returns the final state.
-
-    A step's metrics are fetched (`flush(step, metrics)`) once the next step is queued, so the host never
-    waits on the device; `evaluate(step, state)` and `save(step, state)` run every `train.eval_every` /
-    `train.checkpoint_every` steps and at the end. SIGTERM/SIGINT: the step finishes, its metrics are
-    flushed, the state saved, then `Preempted` (`written` says what was). Shared by a run and a vmapped
-    group of trials (`gptjax/vectorised.py`), whose state is the stacked one.
-    """
-    t = run.cfg.train
-    pending = None
-    for step in range(start + 1, t.steps + 1):
-        state, metrics = step_fn(state, sharding.put_batch(data.train_batch(step - 1), run.mesh))
-        if pending is not None:
-            flush(*pending)
-        pending = (step, metrics)
-        tick()
-        if stop.received:
-            flush(*pending)
-            save(step, state)
-            raise Preempted(f"stopped by {stop.name} at step {step}; {written} written, run the same "
-                            f"command again to resume")
-        if step % t.eval_every == 0 or step == t.steps:
-            flush(*pending)
-            pending = None
-            evaluate(step, state)
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            save(step, state)
-    if pending is not None:
-        flush(*pending)
-    return state
-
-
-def tokenizer_path(cfg: Experiment, workdir: Path) -> Path:
-    """Where a trained tokenizer is kept: the workdir, or the run it starts from (same vocabulary)."""
-    return Path(cfg.train.init_from or workdir) / "tokenizer.json"
-
-
-def check_init_from(cfg: Experiment) -> int | None:
-    """`train.init_from`'s latest step, checked before any work; None when not set."""
-    if not cfg.train.init_from:
-        return None
+def check_init_from(cfg: Experiment) -> None:
+    """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
     source = Path(cfg.train.init_from)
     if not (source / "config.json").exists():
         hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
                 and source.name in known_experiments() else "")
         raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
                           f"train that run first{hint}")
-    steps = checkpoint_steps(source)  # import-hf writes step 0
-    if not steps:
+    if not checkpoint_steps(source):  # import-hf writes step 0
         raise ConfigError(f"train.init_from {source} has no checkpoint yet")
     previous = from_dict(json.loads((source / "config.json").read_text()))
     if previous.model.family != cfg.model.family or previous.data.tokenizer != cfg.data.tokenizer:
         raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
                           f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
                           f"{cfg.data.tokenizer}")
-    return steps[-1]
 
 
-def start_from(state: TrainState, run: Run) -> TrainState:
-    """`state` with every parameter the `train.init_from` run also has replaced by that run's value.
+def merge_init_from(params, source: Path):
+    """`params` with every parameter the run in `source` also has replaced by that run's value.
 
     Parameters only this model has (a new classification head) keep their fresh initialisation; a
     parameter present in both with different shapes is an error naming it. The optimizer starts anew.
     """
-    _, _, params = restore_params(Path(run.cfg.train.init_from))
-    flat_new = flax.traverse_util.flatten_dict(jax.device_get(state.params))
-    flat_old = flax.traverse_util.flatten_dict(jax.device_get(params))
+    _, _, old_params = restore_params(source)
+    flat_new = flax.traverse_util.flatten_dict(jax.device_get(params))
+    flat_old = flax.traverse_util.flatten_dict(jax.device_get(old_params))
     name = lambda path: "/".join(str(p) for p in path)
     for path, old in flat_old.items():
         if path in flat_new and old.shape != flat_new[path].shape:
-            raise ConfigError(f"train.init_from {run.cfg.train.init_from}: parameter {name(path)} has shape "
+            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape "
                               f"{tuple(old.shape)} there, {tuple(flat_new[path].shape)} here")
     missing = sorted(name(path) for path in set(flat_old) - set(flat_new))
     if missing:
-        raise ConfigError(f"train.init_from {run.cfg.train.init_from}: this model has no {missing[0]} "
+        raise ConfigError(f"train.init_from {source}: this model has no {missing[0]} "
                           f"(and {len(missing) - 1} more); model shapes must match")
-    return run.init_with(flax.traverse_util.unflatten_dict({**flat_new, **flat_old}))
+    return flax.traverse_util.unflatten_dict({**flat_new, **flat_old})
 
 
 def load_teacher(workdir: str, vocab_size: int) -> tuple[Any, Any]:
@@ -445,28 +356,169 @@ def load_teacher(workdir: str, vocab_size: int) -> tuple[Any, Any]:
     return graphdef, params
 
 
-def restore_params(workdir: Path) -> tuple[Experiment, Any, Any]:
-    """(config, graphdef, params) of a workdir's latest checkpoint, for any family, from shapes alone:
-    no data, no tokenizer, no mesh."""
-    workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
-    graphdef, abstract = abstract_params(cfg.model)
-    tx = build_optimizer(cfg.optim, cfg.train.steps)
-    target = jax.eval_shape(functools.partial(fresh_state, tx=tx), abstract)
-    checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    restored = checkpointer.restore_latest(target)
-    checkpointer.close()
-    if restored is None:
-        raise ConfigError(f"{workdir} has no checkpoint yet")
-    return cfg, graphdef, restored[0].params
+def load_for_inference(workdir: Path) -> tuple[Experiment, Any, Any, Any]:
+    """(config, graphdef, params, tokenizer) of a workdir's config.json, latest checkpoint's parameters
+    and tokenizer; no optimizer is built."""
+    cfg, graphdef, params = restore_params(workdir)
+    return cfg, graphdef, params, build_tokenizer(cfg.data, cache=Path(workdir) / "tokenizer.json")
 
 
-def load_for_inference(workdir: Path) -> tuple[Run, Any, Any]:
-    """(run, params, tokenizer) from a workdir's config.json, latest checkpoint and tokenizer."""
-    cfg, _, params = restore_params(workdir)
-    tokenizer = build_tokenizer(cfg.data, cache=Path(workdir) / "tokenizer.json")
-    run = Run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_parallel=1)),
-              tokenizer.vocab_size)
-    return run, params, tokenizer
+def train(cfg: Experiment, workdir: Path, *, log=print) -> dict[str, Any]:
+    """Train (or resume) `cfg` in `workdir`; return the final validation metrics and the sample.
+
+    Raises `Preempted` after checkpointing when SIGTERM/SIGINT arrives, `Diverged` after
+    `train.max_nonfinite_steps` non-finite steps in a row, `ConfigError` for bad input (before writing).
+    """
+    return train_trials({Path(workdir): cfg}, log=log)[Path(workdir)]
+
+
+def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dict[str, Any]]:
+    """Train (or resume) each config in its workdir: one alone, or several (as `varying_fields` allows)
+    as one vmapped group, each trial writing to its workdir what it would write alone: `config.json`,
+    `metrics.jsonl` (setup, train, val and skipped records; tokens/s and MFU count one trial's tokens),
+    checkpoints of its own state, `sample.txt` (causal LM, one host). A group resumes from checkpoints
+    at one step. A trial with `train.max_nonfinite_steps` non-finite steps in a row is dropped (result
+    {"diverged": message}) while the others train on, and `Diverged` is raised once none is left; the
+    rest return {"val", "sample", "step", "val_unigram_entropy"}. SIGTERM/SIGINT: the hooks due at that
+    step run, every trial checkpoints, then `Preempted`. ConfigError for bad input, before writing."""
+    workdirs, cfgs = [Path(w) for w in trials], list(trials.values())
+    if len(cfgs) > 1:
+        varying_fields(cfgs)
+        if cfgs[0].train.init_from:
+            raise ConfigError("vmapped trials start from one initialisation; train.init_from runs train "
+                              "alone")
+    if cfgs[0].train.init_from:
+        check_init_from(cfgs[0])
+    # A trained tokenizer (bpe) is the same for every trial, and for the run init_from starts from.
+    saved = [Path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
+    data = build_objective_data(cfgs[0], next((p for p in saved if p.exists()), saved[0]))
+    if cfgs[0].objective.name == "causal_lm":
+        prompt_tokens(cfgs[0], data.tokenizer)  # a sample that cannot fit fails now, not after training
+    sharding.initialize_distributed(cfgs[0].train)
+    if cfgs[0].train.compilation_cache_dir:
+        cache = Path(cfgs[0].train.compilation_cache_dir).absolute()
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cfgs = [resolve(c, data.tokenizer.vocab_size, getattr(data, "n_classes", 0)) for c in cfgs]
+    steps = build_steps(*cfgs)
+    for workdir, cfg in zip(workdirs, cfgs, strict=True):
+        check_workdir(workdir, cfg)
+    # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
+    # only process 0 holds the locks and writes configs, metrics and samples.
+    lead = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        for workdir in workdirs if lead else ():
+            stack.enter_context(WorkdirLock(workdir))
+        stop = stack.enter_context(StopSignals())
+        return _train_locked(steps, data, workdirs, stop, log if lead else (lambda *_: None), lead)
+
+
+def _train_locked(steps: Steps, data, workdirs: list[Path], stop: StopSignals, log, lead: bool):
+    trials = []
+    for workdir, c in zip(workdirs, steps.cfgs, strict=True):
+        if lead:
+            (workdir / "config.json").write_text(json.dumps(to_dict(c), indent=2) + "\n")
+            if hasattr(data.tokenizer, "save") and not (workdir / "tokenizer.json").exists():
+                data.tokenizer.save(workdir / "tokenizer.json")  # sample, eval and resume read it back
+        trials.append(Trial(workdir=workdir, cfg=c, schedule=build_schedule(c.optim, c.train.steps),
+                            writer=MetricsWriter(workdir) if lead else NullWriter(),
+                            checkpointer=Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)))
+    try:
+        return _train(steps, data, trials, stop, log)
+    finally:
+        for trial in trials:
+            trial.checkpointer.close()  # waits for the asynchronous writes
+            trial.writer.close()
+
+
+def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
+    """The loop's state at the trials' latest checkpoint, or at step 0 (init_from's parameters if set)."""
+    restored = [t.checkpointer.restore_latest({"params": steps.abstract_params, "opt_state": opt}, warn=log)
+                for t, opt in zip(trials, steps.abstract_opt_states, strict=True)]
+    at = {0 if r is None else r[1]["step"] for r in restored}
+    if len(at) > 1:
+        raise ConfigError(f"the trials of {', '.join(t.workdir.name for t in trials)} have checkpoints at "
+                          f"different steps ({sorted(at)}); run the sweep again, it groups them by step")
+    start = at.pop()
+    cfg, n = steps.cfg, len(trials)
+    if restored[0] is None:
+        params = steps.init_params()  # one seed, so every trial starts from these parameters
+        if cfg.train.init_from:
+            params = merge_init_from(params, Path(cfg.train.init_from))
+            log(f"{cfg.name}: parameters from {cfg.train.init_from} "
+                f"(step {checkpoint_steps(cfg.train.init_from)[-1]})")
+        separate = [fresh(params) for fresh in steps.fresh]
+        what = (f"{n} vmapped trials (varying {', '.join(steps.layouts[0].hparams) or 'nothing'}) of "
+                if n > 1 else "")
+        log(f"{cfg.name}: {what}{steps.n_params:,} parameters ({steps.param_bytes / 2**20:.1f} MiB), "
+            f"optimizer {cfg.optim.preset} state {steps.opt_state_bytes() / steps.n_params:.1f} "
+            f"bytes/parameter, {len(steps.mesh.devices.flat)} device(s), training to step "
+            f"{cfg.train.steps} in {', '.join(str(t.workdir) for t in trials)}")
+        return steps.stack(separate), 0
+    separate = []
+    for fresh, (items, meta) in zip(steps.fresh, restored, strict=True):
+        state = fresh(items["params"])  # a parameters-only checkpoint (import-hf): a fresh optimizer
+        if "opt_state" in items:
+            state = TrainState(state.step, state.params, items["opt_state"])
+        step = jax.device_put(np.int32(meta["step"]), state.step.sharding)
+        separate.append(TrainState(step, state.params, state.opt_state))
+    what = f"{n} vmapped trials " if n > 1 else ""
+    log(f"{cfg.name}: {what}resumed from step {start} in {', '.join(str(t.workdir) for t in trials)}, "
+        f"training to step {cfg.train.steps}")
+    return steps.stack(separate), start
+
+
+def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> dict[Path, dict[str, Any]]:
+    cfg, t = steps.cfg, steps.cfg.train
+    state, start = _restore(steps, trials, log)
+    val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
+    trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
+                      end=t.steps)
+    compile_s = trainer.compile(state, val_batches[0])  # ahead of time, to report its cost
+    log(f"{'vmapped ' if len(trials) > 1 else ''}train step compiled in {compile_s:.1f} s")
+    model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
+    peak = peak_flops(steps.mesh.devices.flat[0])
+    peak = peak * steps.mesh.devices.size if peak else None
+    unigram = unigram_entropy(data.val_tokens)  # what a model that ignores context can reach
+    for i, trial in enumerate(trials):
+        group = {"vmapped_trials": len(trials)} if len(trials) > 1 else {}
+        trial.writer.write(start, "setup", {
+            "val_unigram_entropy": unigram, "params": steps.n_params, "param_bytes": steps.param_bytes,
+            "opt_state_bytes": steps.opt_state_bytes(i),
+            "opt_state_bytes_per_param": steps.opt_state_bytes(i) / steps.n_params,
+            "devices": len(steps.mesh.devices.flat), "compile_s": compile_s,
+            "flops_per_token": model_flops, "peak_flops": peak, **group})
+    progress = Progress(start, t.steps, t.progress and jax.process_index() == 0, log)
+    started = time.perf_counter()
+    metrics = MetricsLog(steps, trials, summarize=OBJECTIVES[cfg.objective.name].summarize,
+                         tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, flops_per_token=model_flops,
+                         peak_flops=peak, progress=progress, started=started)
+    trainer.add_hook(metrics.accumulate, every=1, needs="metrics")
+    trainer.add_hook(metrics.write, every=t.log_every, needs="metrics")
+    trainer.add_hook(progress.tick, every=1)
+    written = (f"checkpoints and metrics of the {len(trials)} trials" if len(trials) > 1
+               else "checkpoint and metrics")
+    trainer.add_hook(StopOnSignal(stop, trainer, written), every=1)
+    trainer.add_hook(Evaluation(steps, trials, val_batches, progress, started), every=t.eval_every,
+                     needs="state")
+    trainer.add_hook(Checkpointing(steps, trials), every=t.checkpoint_every, needs="state", on_stop=True)
+    try:
+        state = trainer.run(state, start)
+    finally:
+        progress.close()
+    results = {}
+    final = steps.unstack(state)
+    for trial, trial_state in zip(trials, final, strict=True):
+        if trial.diverged:
+            results[trial.workdir] = {"diverged": trial.diverged}
+            continue
+        if trial.val is None:  # resumed at the last step: nothing left to train
+            trial.val = steps.evaluate(trial_state.params, val_batches)
+        text = ""
+        # Multi-host: sample afterwards with `python -m gptjax sample`. Other objectives do not generate.
+        if jax.process_count() == 1 and cfg.objective.name == "causal_lm":
+            text = sample_text(trial.cfg, steps.graphdef, trial_state.params, data.tokenizer, t.seed)
+            (trial.workdir / "sample.txt").write_text(text + "\n")
+        results[trial.workdir] = {"val": trial.val, "sample": text, "step": int(trial_state.step),
+                                  "val_unigram_entropy": unigram}
+    return results

@@ -4,6 +4,7 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -15,7 +16,9 @@ from gptjax.config import (
     apply_overrides,
     from_dict,
     load_experiment,
+    registry,
     to_dict,
+    validate,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,12 +85,17 @@ def test_experiment_file_without_get_config(tmp_path):
         load_experiment(str(path))
 
 
-def test_bad_input_fails_before_jax_is_imported():
-    code = ("import sys; from gptjax.cli import main; rc = main(['train', 'default', 'optim.lr=0']); "
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0", "optim.lr must be positive, got 0.0"),
+    ("model.activation=swish", "unknown model.activation 'swish'; known: gelu, gelu_exact, relu, tanh, "
+                               "sigmoid, swiglu"),
+])
+def test_bad_input_fails_before_jax_is_imported(override, message):
+    code = (f"import sys; from gptjax.cli import main; rc = main(['train', 'default', '{override}']); "
             "assert 'jax' not in sys.modules, 'jax imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == "error: optim.lr must be positive, got 0.0"
+    assert proc.stderr.strip() == f"error: {message}"
 
 
 def test_overrides_may_come_after_options(tmp_path, capsys):
@@ -116,3 +124,47 @@ def test_bad_data_and_workdir_inputs_fail_before_anything_is_written(tmp_path, c
 
 def test_an_empty_override_is_the_empty_string():
     assert apply_overrides(Experiment(), ["train.compilation_cache_dir="]).train.compilation_cache_dir == ""
+
+
+# Every registry field: (dotted key, its known names as the implementation's registry lists them).
+def registries():
+    from gptjax import optimizers
+    from gptjax.data.tokenizers import TOKENIZERS
+    from gptjax.layers import ACTIVATIONS, ATTENTION_IMPLS
+    from gptjax.losses import TERMS
+    from gptjax.models import MODELS
+    from gptjax.models.gpt import DTYPES, REMAT_POLICIES
+    from gptjax.objectives import OBJECTIVES
+
+    return {"model.family": MODELS, "model.activation": ACTIVATIONS, "model.dtype": DTYPES,
+            "model.attention": ATTENTION_IMPLS, "model.remat": REMAT_POLICIES, "data.tokenizer": TOKENIZERS,
+            "objective.name": OBJECTIVES, "optim.rule": optimizers.RULES,
+            "optim.schedule": optimizers.SCHEDULES, "optim.decay_mask": optimizers.MASKS, "loss.terms": TERMS}
+
+
+@pytest.mark.parametrize("key", ["model.family", "model.activation", "model.dtype", "model.attention",
+                                 "model.remat", "data.tokenizer", "objective.name", "optim.rule",
+                                 "optim.schedule", "optim.decay_mask"])
+def test_an_unknown_registry_name_fails_with_the_names_the_implementation_knows(key):
+    known = ", ".join(registries()[key])
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Experiment(), [f"{key}=nosuch"])
+    assert str(e.value) == f"unknown {key} 'nosuch'; known: {known}"
+    section, field = key.split(".")
+    bad = dataclasses.replace(Experiment(), **{section: dataclasses.replace(getattr(Experiment(), section),
+                                                                           **{field: "nosuch"})})
+    with pytest.raises(ConfigError, match=f"^unknown {key} 'nosuch'; known: {known}$"):
+        validate(bad)
+
+
+def test_an_unknown_loss_term_fails_with_the_terms_the_loss_library_knows():
+    with pytest.raises(ConfigError, match=f"known: {', '.join(registries()['loss.terms'])}$"):
+        load_experiment("default", ["loss.terms.focal=1"])
+
+
+def test_a_registry_must_implement_exactly_its_names():
+    assert list(registry(Literal["a", "b"], {"b": 2, "a": 1})) == ["a", "b"]  # the Literal's order
+    with pytest.raises(TypeError, match="implements"):
+        registry(Literal["a", "b"], {"a": 1})
+    with pytest.raises(TypeError, match="implements"):
+        registry(Literal["a"], {"a": 1, "b": 2})

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptjax.config import ConfigError, DataConfig
+from gptjax.config import ConfigError, DataConfig, Experiment
 from gptjax.data import (
     Batch,
     ByteTokenizer,
@@ -155,7 +155,7 @@ def test_each_epoch_visits_every_window_once(batch_size):
 
 
 def hand_data(val_docs, train_docs=("ab", "cde", "f"), seq_len=3, batch_size=1, seed=0):
-    cfg = DataConfig(seq_len=seq_len, batch_size=batch_size)
+    cfg = Experiment(data=DataConfig(seq_len=seq_len, batch_size=batch_size))
     return LMData(cfg, seed, ByteTokenizer(), Documents(list(train_docs), list(val_docs)))
 
 

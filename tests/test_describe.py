@@ -98,7 +98,7 @@ def test_every_family_parameter_maps_to_a_component():
     assert component(("nsp", "kernel")) == "heads"
 
 
-@pytest.mark.slow  # building the abstract 96-layer model takes ~12 s (flax Rngs under tracing, see README)
+@pytest.mark.slow  # building the abstract 96-layer model takes ~12 s (flax Rngs under tracing)
 def test_gpt3_175b_is_described_without_allocating(capsys):
     """The GPT-3 175B shape (Brown et al. 2020, Table 2.1) through the command line, in process."""
     live = len(jax.live_arrays())

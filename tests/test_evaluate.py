@@ -10,7 +10,7 @@ from gptjax.cli import main
 from gptjax.data import build_data
 from gptjax.evaluate import context_windows, windowed_perplexity
 from gptjax.metrics import read_metrics
-from gptjax.train import load_for_inference, train
+from gptjax.train import build_evaluator, inference_mesh, load_for_inference, train
 from tests.conftest import tiny_experiment
 
 
@@ -48,24 +48,25 @@ def workdir(tmp_path_factory):
 
 
 def test_stride_equal_to_sequence_length_reproduces_the_validation_loss(workdir):
-    run, params, tokenizer = load_for_inference(workdir)
-    data = build_data(run.cfg.data, run.cfg.train.seed)
+    cfg, graphdef, params, tokenizer = load_for_inference(workdir)
+    evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg))
+    data = build_data(cfg.data, cfg.train.seed)
     val = [r for r in read_metrics(workdir) if r["split"] == "val"][-1]
     from gptjax.data.packing import pack_documents
 
     stream, docs = pack_documents([tokenizer.encode(d) for d in data.val_docs], tokenizer.eot_id)
     assert (stream == data.val_tokens).all()
-    L = run.cfg.data.seq_len
+    L = cfg.data.seq_len
     # The validation loss covers the first 4 batches of 8 rows of L targets: the same stretch here.
     n = 4 * 8 * L
     stream, docs = stream[:n + 1], docs[:n + 1]
-    result = windowed_perplexity(run, params, stream, docs, window=L, stride=L, pad_id=tokenizer.pad_id,
-                                 rows=run.cfg.data.batch_size)
+    result = windowed_perplexity(evaluate, params, stream, docs, window=L, stride=L, pad_id=tokenizer.pad_id,
+                                 rows=cfg.data.batch_size)
     assert result["tokens"] == val["tokens"] == n
     assert result["loss"] == pytest.approx(val["ce"], rel=1e-5)
     # More context per token (stride < window) changes the number of windows, not the tokens scored.
-    overlapped = windowed_perplexity(run, params, stream, docs, window=L, stride=L // 4,
-                                     pad_id=tokenizer.pad_id, rows=run.cfg.data.batch_size)
+    overlapped = windowed_perplexity(evaluate, params, stream, docs, window=L, stride=L // 4,
+                                     pad_id=tokenizer.pad_id, rows=cfg.data.batch_size)
     assert overlapped["tokens"] == result["tokens"] and overlapped["windows"] > result["windows"]
 
 
@@ -79,3 +80,18 @@ def test_eval_command(workdir, capsys, tmp_path):
     assert main(["eval", str(workdir), "--window", "65"]) == 2
     assert "--window must be in [1, 64]" in capsys.readouterr().err
     assert main(["eval", str(workdir), "--window", "16", "--stride", "17"]) == 2
+
+
+@pytest.mark.parametrize("command", [["eval", "--window", "16"], ["sample", "--max-new-tokens", "4"]])
+def test_a_closed_pipe_ends_the_command_quietly(workdir, command):
+    """`python -m gptjax eval … | head -1` or `sample … | true`: the reader is gone before the output is
+    written, and the command exits 0 without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "gptjax", command[0], str(workdir), *command[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `| true` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err

@@ -18,9 +18,9 @@ import pytest
 from gptjax import sharding
 from gptjax.config import ConfigError
 from gptjax.data import build_data
-from gptjax.guards import EXIT_PREEMPTED, Diverged, WorkdirLock
+from gptjax.guards import EXIT_PREEMPTED, Diverged, Preempted, WorkdirLock
 from gptjax.metrics import read_metrics
-from gptjax.train import Run, load_for_inference, train
+from gptjax.train import build_steps, load_for_inference, resolve, train
 from tests.conftest import TINY_FILE, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def _wait_for_step(workdir, step, proc, timeout=120):
 
 
 def _final_params(workdir):
-    return jax.tree_util.tree_leaves(jax.device_get(load_for_inference(workdir)[1]))
+    return jax.tree_util.tree_leaves(jax.device_get(load_for_inference(workdir)[2]))
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_kill_9_three_times_then_resume_is_bit_identical_to_an_uninterrupted_run
 def test_a_non_finite_step_is_not_applied_and_is_counted():
     cfg = tiny_experiment()
     data = build_data(cfg.data, 0)
-    run = Run(cfg, data.tokenizer.vocab_size)
+    run = build_steps(resolve(cfg, data.tokenizer.vocab_size))
     state = run.init()
     before = jax.device_get(state.params)
     batch = data.train_batch(0)
@@ -115,6 +115,29 @@ def test_an_absurd_learning_rate_stops_the_run_naming_the_step_and_checkpoints_s
     assert [r["in_a_row"] for r in skipped][-3:] == [1, 2, 3]
     params = _final_params(tmp_path)
     assert all(np.all(np.isfinite(p)) for p in params)
+
+
+def test_a_stop_at_step_n_leaves_what_a_run_that_finished_step_n_leaves(tmp_path):
+    """The hooks due at the stop's step (here evaluation) run before it is taken, and it checkpoints."""
+    cfg = tiny_experiment(steps=6, eval_every=1, log_every=1, checkpoint_every=100)
+    # A constant learning rate, so that the run to step 3 takes the same steps as the one to 6.
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="constant"))
+    sent = []
+
+    def interrupt_at_step_2(line):  # the signal lands during step 2's evaluation: the stop is at 3
+        if line.startswith("step      2  val") and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+
+    with pytest.raises(Preempted, match="stopped by SIGINT at step 3"):
+        train(cfg, tmp_path / "stopped", log=interrupt_at_step_2)
+    cfg3 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=3))
+    train(cfg3, tmp_path / "finished", log=lambda *_: None)
+    records = [[(r["split"], r["step"], r.get("loss")) for r in read_metrics(tmp_path / w)]
+               for w in ("stopped", "finished")]
+    assert records[0] == records[1]
+    assert [p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()] == ["3"]
+    for a, b in zip(_final_params(tmp_path / "stopped"), _final_params(tmp_path / "finished"), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path):

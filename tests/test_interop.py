@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from gptjax import cli
+from gptjax.checkpoint import restore_params
 from gptjax.config import ConfigError
 from gptjax.data.tokenizers import HfTokenizer
 from gptjax.describe import describe
 from gptjax.interop import export_hf, import_hf
-from gptjax.losses import cross_entropy
-from gptjax.train import restore_params
+from gptjax.losses import TERMS, score, weighted_sum
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -42,7 +42,9 @@ def ours(workdir, forward):
 
 
 def loss_of(logits, targets, weights):
-    return float(cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)).mean())
+    weights = jnp.asarray(weights, jnp.float32)
+    ce = TERMS["ce"](score(jnp.asarray(logits), jnp.asarray(targets)))
+    return float(weighted_sum(ce, weights) / jnp.sum(weights))
 
 
 def assert_exports_back(model_class, hf_dir, tmp_path):
@@ -171,6 +173,28 @@ def test_bert_mlm_nsp_logits_and_loss_equal_pytorch(tmp_path):
             + loss_of(nsp_logits[:, None], nsp[:, None], np.ones((2, 1))))
     assert abs(loss - float(out.loss)) < ATOL
     assert_exports_back(transformers.BertForPreTraining, hf_dir, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_import_of_a_vocabulary_below_the_bpe_minimum(tmp_path, family):
+    """A checkpoint's vocabulary is imported as it is, whatever its size; only training a BPE of that
+    size (what the imported workdir's data.tokenizer=bpe would do without a tokenizer.json) is refused."""
+    from gptjax.config import validate
+    from gptjax.data import build_tokenizer
+
+    if family == "bert":
+        model = transformers.BertForPreTraining(transformers.BertConfig(
+            num_hidden_layers=1, num_attention_heads=2, hidden_size=16, intermediate_size=32,
+            max_position_embeddings=40, vocab_size=300))
+    else:
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            num_layers=1, num_heads=2, d_model=16, d_kv=8, d_ff=32, vocab_size=300,
+            feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0))
+    cfg = import_hf(save(model, tmp_path / family), tmp_path / "w")
+    assert (cfg.model.vocab_size, cfg.data.tokenizer, cfg.data.tokenizer_vocab) == (300, "bpe", 300)
+    assert validate(cfg) == cfg
+    with pytest.raises(ConfigError, match="data.tokenizer_vocab must be >= 512 to train a BPE, got 300"):
+        build_tokenizer(cfg.data, ["some text"])
 
 
 def test_t5_decoder_logits_and_loss_equal_pytorch(tmp_path):

@@ -144,7 +144,9 @@ def _stack_blocks(params):
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scanned_layers_equal_unrolled_layers(remat):
     """Same seed, same parameters (stacked), same logits and gradients; the decay mask ignores the stack."""
-    from gptjax.optimizers import decay_mask
+    from gptjax.optimizers import MASKS
+
+    decay_mask = MASKS["ndim>=2"]
 
     cfg = dataclasses.replace(TINY, n_layer=3)
     scanned_cfg = dataclasses.replace(cfg, scan_layers=True, remat=remat)

@@ -10,21 +10,22 @@ import pytest
 from flax import nnx
 
 from gptjax.config import ConfigError, DataConfig, Experiment, ModelConfig, ObjectiveConfig
-from gptjax.data.packing import pack_documents
-from gptjax.data.sources import Documents, load_documents, load_examples
-from gptjax.data.tokenizers import BpeTokenizer
-from gptjax.losses import score_parts
-from gptjax.models import abstract_params, build_model, split_params
-from gptjax.objectives import gpt1_finetune, mlm, span_corruption
-from gptjax.objectives.gpt1_finetune import ClassifyData
-from gptjax.objectives.mlm import (
+from gptjax.data import spans
+from gptjax.data.classify import ClassifyData
+from gptjax.data.masked import (
     MaskedData,
     make_mask_spec,
     mask_sequence,
     split_sentences,
     truncate_pair,
 )
-from gptjax.objectives.span_corruption import SpanData, corrupted_lengths, noise_mask, raw_length
+from gptjax.data.packing import pack_documents
+from gptjax.data.sources import Documents, load_documents, load_examples
+from gptjax.data.spans import SpanData, corrupted_lengths, noise_mask, raw_length
+from gptjax.data.tokenizers import BpeTokenizer
+from gptjax.losses import score_parts
+from gptjax.models import abstract_params, build_model, split_params
+from gptjax.objectives import OBJECTIVES, gpt1_finetune, mlm, span_corruption
 
 PAD, EOT, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SENTINELS = np.arange(5, 105)
@@ -251,6 +252,7 @@ def split_at_sentinels(seq):
 
 def test_span_lengths_formula():
     assert raw_length(128, 0.15, 3.0) == 141 and corrupted_lengths(141, 0.15, 3.0) == (128, 29)
+    assert spans.span_lengths(128, 0.15, 3.0) == (141, 29)  # what SpanData and gptjax/flops.py read
     for L in (8, 16, 64, 100, 512):
         n = raw_length(L, 0.15, 3.0)
         assert corrupted_lengths(n, 0.15, 3.0)[0] <= L < corrupted_lengths(n + 1, 0.15, 3.0)[0]
@@ -414,7 +416,7 @@ def test_mlm_nsp_loss_is_mlm_plus_nsp_in_numpy(corpus, tokenizer):
     mlm_ce = np_ce(mlm_logits, batch.targets, batch.weights) / batch.weights.sum()
     nsp_ce = np_ce(nsp_logits, batch.nsp_labels, batch.nsp_weights) / batch.nsp_weights.sum()
     assert float(total) == pytest.approx(mlm_ce + 0.7 * nsp_ce, rel=1e-5)
-    record = mlm.summarize(floats(metrics))
+    record = OBJECTIVES["mlm_nsp"].summarize(floats(metrics))
     assert record["loss"] == pytest.approx(mlm_ce + 0.7 * nsp_ce, rel=1e-5)
     assert record["mlm"] == pytest.approx(mlm_ce, rel=1e-5)
     assert record["nsp"] == pytest.approx(nsp_ce, rel=1e-5)
@@ -434,7 +436,7 @@ def test_mlm_loss_sees_only_chosen_positions(corpus, tokenizer):
         logits = model.mlm_logits(model.hidden(batch.inputs, segment_ids_BL=batch.segment_ids))
 
         def mlm_sum(logits):
-            return score_parts({"mlm": (1.0, logits, batch.targets, batch.weights)})[0]["mlm"][1]
+            return score_parts({"mlm": (1.0, logits, batch.targets, batch.weights)}, lm="mlm")[0]["mlm"][1]
 
         noise = jax.random.normal(jax.random.key(0), logits.shape) * unchosen
         return (parts, metrics, logits, mlm_sum(logits), mlm_sum(logits + 10 * noise),
@@ -461,7 +463,7 @@ def test_span_loss_is_decoder_cross_entropy(corpus, tokenizer):
     (total, _, metrics, _), logits = model_runner(t5)(both, batch)
     ce = np_ce(logits, batch.targets, batch.weights) / batch.weights.sum()
     assert float(total) == pytest.approx(ce, rel=1e-5)
-    record = span_corruption.summarize(floats(metrics))
+    record = OBJECTIVES["span_corruption"].summarize(floats(metrics))
     assert record["loss"] == pytest.approx(ce, rel=1e-5) and record["tokens"] == batch.weights.sum()
 
 
@@ -483,11 +485,12 @@ def test_finetune_loss_is_l2_plus_lambda_l1(tokenizer):
     l1 = np_ce(lm_logits, batch.targets, batch.weights) / batch.weights.sum()
     l2 = np_ce(class_logits, batch.labels, batch.label_weights) / batch.label_weights.sum()
     assert float(total) == pytest.approx(l2 + 0.5 * l1, rel=1e-5)
-    record = gpt1_finetune.summarize(floats(metrics))
+    record = OBJECTIVES["gpt1_finetune"].summarize(floats(metrics))
     assert record["loss"] == pytest.approx(l2 + 0.5 * l1, rel=1e-5)
     real = batch.label_weights > 0
     accuracy = (np.asarray(class_logits).argmax(-1) == batch.labels)[real].mean()
-    assert record["class_accuracy"] == pytest.approx(accuracy)
+    assert record["cls_accuracy"] == pytest.approx(accuracy)
+    assert {"class_accuracy", "lm_accuracy"}.isdisjoint(record)  # one key for each number
     assert record["cls"] == pytest.approx(l2, rel=1e-5)
     assert record["perplexity"] == pytest.approx(np.exp(l1), rel=1e-5)
     np.testing.assert_array_equal(batch.inputs[np.arange(8), last][real], EOT)

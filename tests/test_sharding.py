@@ -19,10 +19,11 @@ from gptjax.config import (
     TrainConfig,
     validate,
 )
+from gptjax.metrics import read_metrics
 from gptjax.models import param_axes
 from gptjax.objectives import build_objective_data
 from gptjax.sharding import RULES, logical_to_mesh, make_mesh, mesh_shape, put_batch
-from gptjax.train import Run
+from gptjax.train import build_steps, resolve, train
 from tests.conftest import TINY_FILE, tiny_experiment
 
 MESH_222 = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -95,12 +96,12 @@ def test_mesh_sizes_and_their_errors():
 
 def test_bad_mesh_settings_are_refused_by_the_config():
     cfg = tiny_experiment()
-    for train, message in [({"tensor": 3}, r"model.n_head \(2\) must be divisible by train.tensor \(3\)"),
-                           ({"tensor": 0}, "train.tensor must be positive"),
-                           ({"fsdp": 0}, "train.fsdp must be positive or -1"),
-                           ({"data_parallel": -1, "fsdp": -1}, "cannot both be -1")]:
+    for fields, message in [({"tensor": 3}, r"model.n_head \(2\) must be divisible by train.tensor \(3\)"),
+                            ({"tensor": 0}, "train.tensor must be positive"),
+                            ({"fsdp": 0}, "train.fsdp must be positive or -1"),
+                            ({"data_parallel": -1, "fsdp": -1}, "cannot both be -1")]:
         with pytest.raises(ConfigError, match=message):
-            validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train)))
+            validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **fields)))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -133,7 +134,7 @@ def _tiny(family: str, data: int, fsdp: int, tensor: int, optim: str = "gpt3_ada
 def _metrics(cfg, steps: int = 2):
     """Every metric of `steps` train steps and one evaluation, on the mesh of `cfg.train`."""
     data = build_objective_data(cfg)
-    run = Run(cfg, data.tokenizer.vocab_size, getattr(data, "n_classes", 0))
+    run = build_steps(resolve(cfg, data.tokenizer.vocab_size, getattr(data, "n_classes", 0)))
     state = run.init()
     out = []
     for step in range(steps):
@@ -165,13 +166,30 @@ def test_meshes_give_the_losses_of_one_device(one_device, family, mesh):
         np.testing.assert_allclose(val[key], expected_val[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.fixture(scope="module")
+def one_device_losses(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    train(tiny_experiment(steps=4, log_every=1, eval_every=4, data_parallel=1), workdir, log=lambda *_: None)
+    records = read_metrics(workdir)
+    return {split: [r["loss"] for r in records if r["split"] == split] for split in ("train", "val")}
+
+
+@pytest.mark.parametrize("data, fsdp, tensor", [(8, 1, 1), (4, 2, 1), (1, 8, 1), (2, 2, 2)])
+def test_training_on_a_mesh_logs_the_losses_of_one_device(tmp_path, one_device_losses, data, fsdp, tensor):
+    train(tiny_experiment(steps=4, log_every=1, eval_every=4, data_parallel=data, fsdp=fsdp, tensor=tensor),
+          tmp_path, log=lambda *_: None)
+    for split, expected in one_device_losses.items():
+        mesh = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == split]
+        np.testing.assert_allclose(mesh, expected, rtol=1e-5)
+
+
 def _spec(x) -> P:
     return x.sharding.spec
 
 
 def test_state_is_sharded_as_the_rules_say():
     cfg = _tiny("gpt", 2, 2, 2)
-    run = Run(cfg, 258)
+    run = build_steps(resolve(cfg, 258))
     state = run.init()
     flat = flatten_dict(state.params)
     block = ("blocks", 0)
@@ -197,7 +215,7 @@ def test_state_is_sharded_as_the_rules_say():
 
 def test_adafactor_keeps_its_momentum_sharded_and_its_factored_statistics_whole():
     cfg = _tiny("t5", 2, 2, 2, "t5_adafactor", adafactor_factor_min_dim=8)
-    run = Run(cfg, 600)
+    run = build_steps(resolve(cfg, 600))
     state = run.init()
     kernel = state.params["encoder"][0]["mlp"]["c_fc"]["kernel"]  # [32, 128]
     assert _spec(kernel) == P("fsdp", "tensor")

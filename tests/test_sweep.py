@@ -106,14 +106,14 @@ def test_run_skips_finished_resumes_raised_steps_and_records_a_failure(tmp_path)
 
 def test_same_seed_pairs_initial_parameters_and_batches_across_optimizers():
     from gptjax.data import build_data
-    from gptjax.train import Run
+    from gptjax.train import build_steps, resolve
 
     base = tiny_experiment()
     variants = grid(base, {"optim.preset": ["gpt2_adam", "t5_adafactor"], "train.seed": [0, 1]})
     states, batches = {}, {}
     for name, cfg in variants.items():
         data = build_data(cfg.data, cfg.train.seed)
-        states[name] = jax.device_get(Run(cfg, data.tokenizer.vocab_size).init().params)
+        states[name] = jax.device_get(build_steps(resolve(cfg, data.tokenizer.vocab_size)).init_params())
         batches[name] = [data.train_batch(k).inputs for k in (0, 5)]
     for seed in (0, 1):
         a, b = f"preset=gpt2_adam,seed={seed}", f"preset=t5_adafactor,seed={seed}"
@@ -124,31 +124,34 @@ def test_same_seed_pairs_initial_parameters_and_batches_across_optimizers():
     assert not np.array_equal(batches["preset=gpt2_adam,seed=0"][0], batches["preset=gpt2_adam,seed=1"][0])
 
 
-def test_vectorised_trials_equal_separate_runs():
+def test_vectorised_trials_equal_separate_runs(tmp_path):
+    """A vmapped group (the sweep's path) against each trial's own compiled step, stepped by hand."""
+    from gptjax.checkpoint import restore_params
     from gptjax.data import build_data
-    from gptjax.train import Run
-    from gptjax.vectorised import train_vectorised
+    from gptjax.metrics import objective_loss
+    from gptjax.train import build_steps, resolve, train_trials
+    from gptjax.trials import varying_fields
 
-    base = tiny_experiment(steps=4)
+    base = tiny_experiment(steps=4, log_every=1, eval_every=4, checkpoint_every=4)
     trials = [(1e-3, 0.95, 0.01), (3e-3, 0.99, 0.1), (1e-2, 0.9, 0.0)]
     cfgs = [dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=lr, b2=b2, weight_decay=wd))
             for lr, b2, wd in trials]
-    out = train_vectorised(cfgs)
-    assert out["fields"] == ("lr", "b2", "weight_decay")
-    for i, cfg in enumerate(cfgs):
+    assert varying_fields(cfgs) == ("lr", "b2", "weight_decay")
+    workdirs = [tmp_path / str(i) for i in range(len(cfgs))]
+    train_trials(dict(zip(workdirs, cfgs, strict=True)), log=lambda *_: None)
+    for workdir, cfg in zip(workdirs, cfgs, strict=True):
         data = build_data(cfg.data, cfg.train.seed)
-        run = Run(cfg, data.tokenizer.vocab_size)
-        state, losses = run.init(), []
+        steps = build_steps(resolve(cfg, data.tokenizer.vocab_size))
+        state, losses = steps.init(), []
         for k in range(4):
-            state, metrics = run.step(state, data.train_batch(k))
-            losses.append(float(metrics["loss_sum"] / metrics["weight"]))
-        np.testing.assert_allclose(out["loss_TS"][i], losses, rtol=1e-6)
-        trial = jax.tree.map(lambda v, i=i: np.asarray(v[i]), out["params"])
+            state, metrics = steps.step(state, data.train_batch(k))
+            losses.append(float(objective_loss(metrics)))
+        np.testing.assert_allclose([r["loss"] for r in _records(workdir, "train")], losses, rtol=1e-6)
         jax.tree.map(lambda v, s: np.testing.assert_allclose(v, np.asarray(s), rtol=1e-4, atol=1e-5),
-                     trial, jax.device_get(state.params))
+                     jax.device_get(restore_params(workdir)[2]), jax.device_get(state.params))
     with pytest.raises(ConfigError, match="cannot be vectorised"):
         other_rule = dataclasses.replace(base, optim=dataclasses.replace(base.optim, rule="adam_l2"))
-        train_vectorised([base, other_rule])
+        train_trials({tmp_path / "a": base, tmp_path / "b": other_rule})
 
 
 # Two adam_l2 trials that differ in lr, eps and weight decay (zero in one): one vmapped group. The
@@ -183,14 +186,15 @@ def _final_state(workdir):
     # A separate run's abstract state: a vmapped trial's checkpoint must restore into it as it is.
     from gptjax.checkpoint import Checkpointer
     from gptjax.config import from_dict
-    from gptjax.data import build_tokenizer
-    from gptjax.train import Run
+    from gptjax.train import build_steps
 
     cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    steps = build_steps(cfg)  # config.json holds the resolved config
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    state, meta = checkpointer.restore_latest(Run(cfg, build_tokenizer(cfg.data).vocab_size).abstract_state)
+    items, meta = checkpointer.restore_latest({"params": steps.abstract_params,
+                                               "opt_state": steps.abstract_opt_states[0]})
     checkpointer.close()
-    return jax.device_get(state), meta
+    return jax.device_get(items), meta
 
 
 def test_vmap_sweep_equals_separate_runs_falls_back_skips_and_reports(vmap_sweep, tmp_path):
@@ -238,7 +242,7 @@ def test_vmap_group_resumes_after_an_interruption_as_if_never_stopped(vmap_sweep
 
     from gptjax.guards import Preempted
     from gptjax.sweep import checkpoint_step
-    from gptjax.vectorised import train_group
+    from gptjax.train import train_trials
 
     path, _, _ = vmap_sweep
     _, variants = load_sweep(str(path))
@@ -246,7 +250,7 @@ def test_vmap_group_resumes_after_an_interruption_as_if_never_stopped(vmap_sweep
     # differently, and Adam turns the rounding noise of a gradient that is zero in exact arithmetic (the
     # key bias: softmax ignores a shift shared by a row) into updates of the learning rate's size.
     whole = {tmp_path / "whole" / name: variants[name] for name in GROUP}
-    train_group(whole, log=lambda *_: None)
+    train_trials(whole, log=lambda *_: None)
     trials = {tmp_path / "resumed" / name: variants[name] for name in GROUP}
     sent = []
 
@@ -255,9 +259,9 @@ def test_vmap_group_resumes_after_an_interruption_as_if_never_stopped(vmap_sweep
             sent.append(os.kill(os.getpid(), signal.SIGINT))
 
     with pytest.raises(Preempted, match="stopped by SIGINT at step 3"):
-        train_group(trials, log=interrupt_at_first_eval)
+        train_trials(trials, log=interrupt_at_first_eval)
     assert [checkpoint_step(w) for w in trials] == [3, 3]
-    resumed = train_group(trials, log=lambda *_: None)
+    resumed = train_trials(trials, log=lambda *_: None)
     for workdir, result in resumed.items():
         uninterrupted = tmp_path / "whole" / workdir.name
         assert result["step"] == 4
@@ -268,11 +272,11 @@ def test_vmap_group_resumes_after_an_interruption_as_if_never_stopped(vmap_sweep
 
 
 def test_a_diverging_vmapped_trial_is_dropped_and_the_others_train_on(tmp_path):
-    from gptjax.vectorised import train_group
+    from gptjax.train import train_trials
 
     base = tiny_experiment(steps=4, eval_every=2, checkpoint_every=2, max_nonfinite_steps=2)
     cfgs = [dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=lr)) for lr in (1e-3, 1e30)]
-    out = train_group({tmp_path / str(i): c for i, c in enumerate(cfgs)}, log=lambda *_: None)
+    out = train_trials({tmp_path / str(i): c for i, c in enumerate(cfgs)}, log=lambda *_: None)
     # Step 1's update is finite (if huge), the next two are not: dropped after step 3.
     assert out[tmp_path / "1"] == {"diverged": "training diverged: 2 non-finite steps in a row, the last at "
                                                "step 3; the last checkpoint holds finite parameters"}
@@ -313,13 +317,12 @@ def test_vmap_groups_differ_only_in_vectorisable_fields_and_shard_whole():
 def test_a_vmapped_group_trains_any_objective_like_separate_runs(tmp_path):
     """The group path serves every objective: BERT's masked LM with its trained tokenizer, here."""
     from gptjax.metrics import read_metrics
-    from gptjax.train import train
-    from gptjax.vectorised import train_group
+    from gptjax.train import train, train_trials
     from tests.test_train_objectives import tiny
 
     base = tiny("mlm", steps=2, eval_every=2, log_every=1, checkpoint_every=2)
     trials = {tmp_path / f"lr={lr}": replace_path(base, "optim.lr", lr) for lr in (1e-3, 3e-3)}
-    train_group(trials, log=lambda *_: None)
+    train_trials(trials, log=lambda *_: None)
     train(trials[tmp_path / "lr=0.003"], tmp_path / "alone", log=lambda *_: None)
     for workdir in [*trials, tmp_path / "alone"]:
         assert (workdir / "tokenizer.json").exists()

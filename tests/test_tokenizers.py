@@ -168,6 +168,8 @@ def test_build_tokenizer_cache_and_errors(pydoc_train, tmp_path):
     with pytest.raises(ConfigError, match="cannot load the BPE tokenizer") as e:
         build_tokenizer(cfg, None, tmp_path / "bad.json")
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="data.tokenizer_vocab must be >= 512 to train a BPE, got 511"):
+        build_tokenizer(DataConfig(tokenizer="bpe", tokenizer_vocab=511), pydoc_train[:10])
     with pytest.raises(ConfigError, match="unknown data.tokenizer 'wordpiece'; known: byte, bpe"):
         build_tokenizer(DataConfig(tokenizer="wordpiece"))
 

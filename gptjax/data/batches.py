@@ -4,7 +4,6 @@ Every array has the global batch as its leading axis, so one data-parallel shard
 Shape letters: B rows, L (encoder) sequence length, T decoder / target length.
 Segment ids follow one rule everywhere: 0 marks padding (never attended to, weight 0), and within a row
 positions with different non-zero ids never attend to each other (packed documents).
-The causal-LM `Batch` lives in `packing.py`; the others are here.
 """
 
 from __future__ import annotations
@@ -12,6 +11,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+
+class Batch(NamedTuple):
+    """Causal LM: windows of the packed stream (gptjax/data/packing.py)."""
+
+    inputs: np.ndarray  # int32 [B, L]
+    targets: np.ndarray  # int32 [B, L], the inputs shifted by one in the packed stream
+    weights: np.ndarray  # float32 [B, L], 1.0 where the target is a real token, 0.0 for padding
+    segment_ids: np.ndarray  # int32 [B, L], document of each input position, 1..k within a row, 0 = pad
 
 
 class MaskedBatch(NamedTuple):

@@ -15,18 +15,14 @@ exactly the batches it would have seen, with no iterator state to checkpoint.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import numpy as np
 
+from gptjax.data.batches import Batch
 
-class Batch(NamedTuple):
-    """Host-side NumPy batch; a NamedTuple, so it is a JAX pytree as is."""
-
-    inputs: np.ndarray  # int32 [B, L]
-    targets: np.ndarray  # int32 [B, L], the inputs shifted by one in the packed stream
-    weights: np.ndarray  # float32 [B, L], 1.0 where the target is a real token, 0.0 for padding
-    segment_ids: np.ndarray  # int32 [B, L], document of each input position, 1..k within a row, 0 = pad
+# The first key of every validation draw (masks, pairs, spans): fixed on purpose, so validation batches
+# do not depend on train.seed.
+VAL_SEED = 7_654_321
 
 
 def pack_documents(tokens: list[np.ndarray], eot_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax.config import ConfigError, DataConfig, first_line
+from gptjax.config import ConfigError, DataConfig, TokenizerKind, first_line, registry
 
 
 class ByteTokenizer:
@@ -51,6 +51,9 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=258, eot_id=256, pad_id=257)"
 
 
+# The smallest BPE trained here: the 361 special and byte ids plus room for merges. A limit of training
+# only: a checkpoint's imported vocabulary (import-hf) may be smaller.
+MIN_BPE_VOCAB = 512
 N_SENTINELS = 100  # T5's <extra_id_0> … <extra_id_99>
 BPE_SPECIAL_TOKENS = ("[PAD]", "[EOT]", "[CLS]", "[SEP]", "[MASK]",
                       *(f"<extra_id_{i}>" for i in range(N_SENTINELS)))
@@ -187,6 +190,9 @@ def _bpe(cfg: DataConfig, train_docs: list[str] | None, cache: Path | None) -> B
             raise ConfigError(f"the cached BPE tokenizer {cache} has vocab_size {tokenizer.vocab_size}, but "
                               f"data.tokenizer_vocab={cfg.tokenizer_vocab}; delete it or use a new workdir")
         return tokenizer
+    if cfg.tokenizer_vocab < MIN_BPE_VOCAB:
+        raise ConfigError(f"data.tokenizer_vocab must be >= {MIN_BPE_VOCAB} to train a BPE, "
+                          f"got {cfg.tokenizer_vocab}")
     if not train_docs:
         raise ConfigError("data.tokenizer=bpe needs training documents or a saved tokenizer file; "
                           "got neither")
@@ -266,11 +272,8 @@ def hf_tokenizer(cfg: DataConfig, train_docs: list[str] | None, cache: Path | No
 Tokenizer = ByteTokenizer | BpeTokenizer | HfTokenizer
 
 # name → builder(cfg, training documents, cache file); the caller saves a trained tokenizer itself.
-TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = {
-    "byte": _byte,
-    "bpe": _bpe,
-    "hf": hf_tokenizer,
-}
+TOKENIZERS: dict[str, Callable[[DataConfig, list[str] | None, Path | None], Tokenizer]] = registry(
+    TokenizerKind, {"byte": _byte, "bpe": _bpe, "hf": hf_tokenizer})
 
 
 def build_tokenizer(cfg: DataConfig, train_docs: list[str] | None = None,

@@ -7,13 +7,13 @@ from flax import nnx
 from flax.traverse_util import unflatten_dict
 from jax.sharding import PartitionSpec
 
-from gptjax.config import ModelConfig
+from gptjax.config import Family, ModelConfig, registry
 from gptjax.models.bert import Bert
 from gptjax.models.gpt import GPT, count_params
 from gptjax.models.t5 import T5
 from gptjax.sharding import AXES_KEY
 
-MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
+MODELS = registry(Family, {"gpt": GPT, "bert": Bert, "t5": T5})
 
 
 def tree_bytes(tree) -> int:

@@ -15,16 +15,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from gptjax.config import ModelConfig
+from gptjax.config import DType, ModelConfig, Remat, registry
 from gptjax.layers import EMBED_AXES, INIT_STD, Block, KVCache, attention_mask, dense, embed, layer_norm
 from gptjax.sharding import AXES_KEY, constrain
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = registry(DType, {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16})
 
 # What a scanned layer keeps from its forward pass for the backward pass (`model.remat`): everything
 # ("none"), nothing but its input ("full"), or the matmul outputs without a batch dimension ("dots").
-REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = registry(Remat, {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable})
 
 
 class GPT(nnx.Module):

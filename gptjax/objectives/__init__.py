@@ -1,14 +1,17 @@
-"""Objectives: how a model and a batch become loss terms, and how text becomes those batches.
+"""Objectives: what a model is trained to predict, each one registered unit in `OBJECTIVES`.
 
-One module per objective, each exporting the same interface, registered in `OBJECTIVES`:
+An objective is its batches (a data class in gptjax/data/, built as `Data(cfg, seed, tokenizer, source)`,
+with `tokenizer`, `val_tokens`, `train_batch(step)` a pure function of (seed, step), and `val_batches(n)`)
+and its loss (a module here), tied together by one `Objective` entry below:
 
-- a data class built as `Data(cfg, seed, tokenizer, source)` with `tokenizer`, `val_tokens`,
-  `train_batch(step)` (a pure function of (seed, step)) and `val_batches(n)`; `source` is the
-  `Documents` of `data.source`, or its labelled `Examples` for a classification objective;
-- `loss(model, batch, *, cfg, deterministic, rngs)` → ({part: (coefficient, summed loss)}, summed metrics);
+- `loss(model, batch, *, cfg, deterministic, rngs)` → ({part: (coefficient, summed loss)}, summed metrics
+  in the schema of `gptjax.metrics.summarize`);
 - `denominators(batch, cfg)` → {part: what its sum is divided by}, taken from the whole global batch,
   so the step's loss Σ coefficient · sum / denominator is exact under gradient accumulation;
-- `summarize(sums)` → the log record (loss, each part, perplexity, accuracy, …) from metric sums.
+- `lm`: the loss component whose predictions perplexity and accuracy are measured on;
+- `labelled`: whether its source is labelled examples (`data.load_examples`) rather than documents.
+
+Which model families an objective trains is `config.OBJECTIVE_FAMILIES`, checked before JAX starts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from gptjax import metrics
+from gptjax.config import ObjectiveName, registry
 from gptjax.data import build_tokenizer, load_documents, load_examples
+from gptjax.data.classify import ClassifyData
+from gptjax.data.lm import LMData
+from gptjax.data.masked import MaskedData
+from gptjax.data.spans import SpanData
 from gptjax.objectives import causal_lm, gpt1_finetune, mlm, span_corruption
 from gptjax.objectives.causal_lm import causal_lm_loss
 
@@ -25,30 +34,34 @@ from gptjax.objectives.causal_lm import causal_lm_loss
 @dataclasses.dataclass(frozen=True)
 class Objective:
     data: Callable  # (cfg, seed, tokenizer, source) -> data object
-    loss: Callable
+    loss: Callable  # (model, batch, *, cfg, deterministic, rngs) -> (parts, summed metrics)
     denominators: Callable  # (batch, cfg) -> {part: denominator}
-    summarize: Callable
+    lm: str  # the component of the summed metrics that perplexity and accuracy come from
     labelled: bool = False  # its source is labelled examples (data.load_examples), not documents
 
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """The log record (loss, each component, perplexity, accuracy, …) from summed metrics."""
+        return metrics.summarize(sums, self.lm)
 
-def _module(module, data, labelled: bool = False) -> Objective:
-    return Objective(data, module.loss, module.denominators, module.summarize, labelled)
 
-
-OBJECTIVES: dict[str, Objective] = {
-    "causal_lm": _module(causal_lm, lambda cfg, seed, tokenizer, docs: causal_lm.LMData(cfg.data, seed,
-                                                                                         tokenizer, docs)),
-    "mlm_nsp": _module(mlm, mlm.MaskedData),
-    "mlm": _module(mlm, mlm.MaskedData),
-    "span_corruption": _module(span_corruption, span_corruption.SpanData),
-    "gpt1_finetune": _module(gpt1_finetune, gpt1_finetune.ClassifyData, labelled=True),
-}
+OBJECTIVES: dict[str, Objective] = registry(ObjectiveName, {
+    "causal_lm": Objective(LMData, causal_lm.loss, causal_lm.denominators, lm="ce"),
+    "mlm_nsp": Objective(MaskedData, mlm.loss, mlm.denominators, lm="mlm"),
+    "mlm": Objective(MaskedData, mlm.loss, mlm.denominators, lm="mlm"),
+    "span_corruption": Objective(SpanData, span_corruption.loss, span_corruption.denominators, lm="ce"),
+    "gpt1_finetune": Objective(ClassifyData, gpt1_finetune.loss, gpt1_finetune.denominators, lm="lm",
+                               labelled=True),
+})
 
 
 def build_objective_data(cfg, tokenizer_cache: Path | None = None):
     """The data object of `cfg.objective` for `cfg.data`: source read, tokenizer loaded from
     `tokenizer_cache` when that file exists or else trained on the training split (not saved here: the
     caller saves it once it holds the workdir), batches ready. ConfigError (one line) on bad input."""
+    if cfg.data.source.startswith("store:"):  # a prepared token store: causal_lm (config.validate checks)
+        from gptjax.data.store import store_data
+
+        return store_data(cfg.data, cfg.train.seed, tokenizer_cache)
     objective = OBJECTIVES[cfg.objective.name]
     source = load_examples(cfg.data) if objective.labelled else load_documents(cfg.data)
     texts = [text for text, _ in source.train] if objective.labelled else source.train

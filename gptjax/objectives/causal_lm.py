@@ -1,9 +1,10 @@
-"""Causal language modelling (GPT): predict token t+1 from tokens ≤ t.
+"""Causal language modelling (GPT): predict token t+1 from tokens ≤ t. Batches: gptjax/data/lm.py.
 
 The batch already holds inputs = tokens[:, :-1] and targets = tokens[:, 1:] of the packed stream, with
-weight 0 on padding targets; segment ids keep packed documents apart in attention. The loss is the
-weighted sum of the terms `loss.terms` names (gptjax/losses.py), all under one normaliser so that their
-sum divides once; cross-entropy is always computed too, for perplexity.
+weight 0 on padding targets; segment ids keep packed documents apart in attention. The loss is one part,
+`lm`: the weighted sum of the terms `loss.terms` names (gptjax/losses.py), all under one normaliser so
+that their sum divides once; every term is logged on its own, and cross-entropy is always computed too,
+for perplexity.
 """
 
 from __future__ import annotations
@@ -13,19 +14,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import CHUNKABLE_TERMS, Experiment, LossConfig
-from gptjax.data import LMData
 from gptjax.losses import (
     TERMS,
     LossTerms,
-    Scored,
     chunked_lm_loss,
+    component_metrics,
     correct_predictions,
-    log_probs,
     normalizer,
+    score,
+    weighted_sum,
 )
-from gptjax.metrics import summarize
-
-__all__ = ["LMData", "causal_lm_loss", "denominators", "loss", "summarize", "use_chunked"]
 
 DEFAULT_LOSS = LossConfig()
 
@@ -50,9 +48,10 @@ def causal_lm_loss(model: nnx.Module, batch, *, document_mask: bool, determinist
                    teacher: nnx.Module | None = None) -> tuple[LossTerms, dict]:
     """(combined loss terms, summed metrics) of one batch; normalise with `LossTerms.mean()`.
 
-    Metrics are sums: `loss_sum` (Σ coef·term), `weight` (the normaliser), `<term>_sum` for every term and
-    `ce_sum`, `tokens` (real targets) and `correct`. `batch_rows` is the global batch's row count, which
-    the `sum` normalisation splits over micro-batches. `teacher` is needed by the `kl` term only.
+    Metrics follow `gptjax.metrics.summarize`: for every term (and `ce`, always) `<term>_sum`,
+    `<term>_count` (the normaliser) and `<term>_weighted` (coefficient · sum), `ce_correct`, and `tokens`
+    (real targets). `batch_rows` is the global batch's row count, which the `sum` normalisation splits
+    over micro-batches. `teacher` is needed by the `kl` term only.
     """
     segment_ids_BL = batch.segment_ids if document_mask else None
     x_BLD = model.hidden(batch.inputs, segment_ids_BL=segment_ids_BL, deterministic=deterministic, rngs=rngs)
@@ -60,27 +59,28 @@ def causal_lm_loss(model: nnx.Module, batch, *, document_mask: bool, determinist
     weight = normalizer(weights_BL, loss.normalization, batch_rows)
     B, L, D = x_BLD.shape
     w_VD = output_matrix(model)
-    metrics = {"weight": weight, "tokens": jnp.sum(weights_BL)}
     if use_chunked(loss, B * L, w_VD.shape[0]):
-        coefs = tuple(loss.terms.get(name, 0.0) for name in ("ce", "label_smoothing", "z"))
+        coefs = tuple(loss.terms.get(name, 0.0) for name in CHUNKABLE_TERMS)
         total, stats = chunked_lm_loss(x_BLD.reshape(B * L, D), w_VD.astype(x_BLD.dtype),
                                        batch.targets.reshape(-1), weights_BL.reshape(-1), coefs,
                                        loss.chunk_tokens)
-        sums = {name: getattr(stats, name) for name in loss.terms}
-        metrics.update(ce_sum=stats.ce, correct=stats.correct)
+        sums = {name: getattr(stats, name) for name in {**loss.terms, "ce": 0.0}}
+        correct = stats.correct
     else:
         logits_BLV = model.logits(x_BLD)
         teacher_logits_BLV = None
         if "kl" in loss.terms:
             teacher_logits_BLV = jax.lax.stop_gradient(
                 teacher(batch.inputs, segment_ids_BL=segment_ids_BL, deterministic=True))
-        scored = Scored(logits_BLV, log_probs(logits_BLV), batch.inputs, batch.targets, segment_ids_BL,
-                        teacher_logits_BLV, loss.kl_temperature)
-        sums = {name: jnp.sum(TERMS[name](scored) * weights_BL) for name in loss.terms}
-        ce_sum = sums["ce"] if "ce" in sums else jnp.sum(TERMS["ce"](scored) * weights_BL)
-        metrics.update(ce_sum=ce_sum, correct=correct_predictions(logits_BLV, batch.targets, weights_BL))
+        scored = score(logits_BLV, batch.targets, inputs_BL=batch.inputs, segment_ids_BL=segment_ids_BL,
+                       teacher_logits_BLV=teacher_logits_BLV, temperature=loss.kl_temperature)
+        sums = {name: weighted_sum(TERMS[name](scored), weights_BL) for name in {**loss.terms, "ce": 0.0}}
         total = sum(coef * sums[name] for name, coef in loss.terms.items())
-    metrics.update({f"{name}_sum": value for name, value in sums.items()}, loss_sum=total)
+        correct = correct_predictions(logits_BLV, batch.targets, weights_BL)
+    metrics = {"tokens": jnp.sum(weights_BL)}
+    for name, value in sums.items():
+        metrics.update(component_metrics(name, loss.terms.get(name, 0.0), value, weight))
+    metrics["ce_correct"] = correct
     return LossTerms(total, weight), metrics
 
 
