@@ -121,7 +121,7 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     from gptjax import sharding
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
     from gptjax.models import abstract_model, param_axes, split_params, tree_bytes
-    from gptjax.optimizers import STACKED_KEY, build_optimizer, state_bytes
+    from gptjax.optimizers import STACKED_KEY, build_optimizer
 
     mesh = sharding.mesh_shape(cfg.train, devices)
     model = abstract_model(cfg.model)
@@ -141,8 +141,15 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     params["total"] = sum(params[c] for c in COMPONENTS)
     param_bytes = tree_bytes(abstract)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
-    axes = param_axes(model)
-    abstract_opt = jax.eval_shape(tx.init, abstract)
+    abstract_opt = jax.eval_shape(tx.init, abstract)  # what `state_bytes` counts, traced once here
+    if devices > 1:
+        axes = param_axes(model)
+        param_bytes_per_device = sharding.per_device_bytes(
+            abstract, sharding.state_specs(abstract, axes, mesh), mesh)
+        opt_bytes_per_device = sharding.per_device_bytes(
+            abstract_opt, sharding.state_specs(abstract_opt, axes, mesh), mesh)
+    else:  # one device holds everything: no rule to apply
+        param_bytes_per_device, opt_bytes_per_device = param_bytes, tree_bytes(abstract_opt)
     key, memory = ACCELERATORS[accelerator]
     peak = measured_cpu_peak() if accelerator == "cpu" else PEAK_FLOPS[key]
     m = cfg.model
@@ -150,14 +157,11 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
         cfg=cfg, params=params, per_layer=per_layer,
         n_layers=m.n_layer + ((m.n_decoder_layer or m.n_layer) if m.family == "t5" else 0),
         param_bytes=param_bytes, grad_bytes=param_bytes,  # float32 gradients, one per parameter
-        opt_state_bytes=state_bytes(tx, abstract),
+        opt_state_bytes=tree_bytes(abstract_opt),
         flops_per_token=flops_per_token(m, cfg.data.seq_len, cfg.objective),
         tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, accelerator=key, peak_flops=peak,
         device_memory=memory, devices=devices, mfu=mfu, mesh=mesh,
-        param_bytes_per_device=sharding.per_device_bytes(abstract, sharding.state_specs(abstract, axes, mesh),
-                                                         mesh),
-        opt_state_bytes_per_device=sharding.per_device_bytes(
-            abstract_opt, sharding.state_specs(abstract_opt, axes, mesh), mesh))
+        param_bytes_per_device=param_bytes_per_device, opt_state_bytes_per_device=opt_bytes_per_device)
 
 
 def _first_stack(abstract: dict[str, Any]) -> str:
