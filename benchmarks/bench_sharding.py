@@ -20,13 +20,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import re  # noqa: E402
 
+import jax  # noqa: E402
 from common import RESULTS, write_json  # noqa: E402
 
 from gptjax.config import load_experiment  # noqa: E402
 from gptjax.data import build_data  # noqa: E402
 from gptjax.describe import describe  # noqa: E402
 from gptjax.sharding import put_batch  # noqa: E402
-from gptjax.train import Run  # noqa: E402
+from gptjax.train import build_steps, resolve  # noqa: E402
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (1, 2, 4), (1, 1, 8)]
 SHAPES = {"gpt2_small": (12, 768, 12), "gpt2_xl": (48, 1600, 25)}
@@ -64,8 +65,9 @@ def collectives() -> dict:
                                           "model.vocab_size=264", "data.seq_len=64", "data.batch_size=16",
                                           "train.compilation_cache_dir=", *mesh_overrides(mesh)])
         data = build_data(cfg.data, 0)
-        run = Run(cfg, data.tokenizer.vocab_size)
-        hlo = run.step.lower(run.abstract_state, put_batch(data.train_batch(0), run.mesh)).compile().as_text()
+        run = build_steps(resolve(cfg, data.tokenizer.vocab_size))
+        batch = put_batch(data.train_batch(0), run.mesh)
+        hlo = run.step.lower(jax.eval_shape(run.init), batch).compile().as_text()
         # Count each op once: its start (async pairs) or the op itself, never the -done half.
         out[str(mesh)] = {kind: len(re.findall(rf"= \S+ {kind}(-start)?\(", hlo)) for kind in COLLECTIVES}
         print(mesh, out[str(mesh)])
