@@ -268,8 +268,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
-    data_parallel: int = -1  # size of the mesh's data axis; -1: every device not used by fsdp
-    fsdp: int = 1  # size of the mesh's fsdp axis: parameters and optimizer state sharded over it
+    # The device mesh (docs/sharding.md): data × fsdp × tensor devices; -1 (data or fsdp): all the rest.
+    data_parallel: int = -1  # size of the data axis: batch split over it, parameters replicated
+    fsdp: int = 1  # size of the fsdp axis: batch split, parameters and optimizer state sharded over it
+    tensor: int = 1  # size of the tensor axis: attention heads and MLP hidden units split (Megatron)
     grad_accum: int = 1  # micro-batches per step; the update equals one batch of data.batch_size
     max_nonfinite_steps: int = 5  # stop after this many non-finite (skipped) steps in a row
     progress: bool = True
@@ -436,12 +438,17 @@ def validate(cfg: Experiment) -> Experiment:
            f"optim.soap_max_precond_dim must be positive, got {o.soap_max_precond_dim}")
 
     for field in ("steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "fsdp", "num_processes"):
+                  "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "tensor", "num_processes"):
         _check(getattr(t, field) > 0, f"train.{field} must be positive, got {getattr(t, field)}")
     _check(d.batch_size % t.grad_accum == 0,
            f"data.batch_size ({d.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
-    _check(t.data_parallel == -1 or t.data_parallel > 0,
-           f"train.data_parallel must be positive or -1 (every device), got {t.data_parallel}")
+    for field in ("data_parallel", "fsdp"):
+        _check(getattr(t, field) == -1 or getattr(t, field) > 0,
+               f"train.{field} must be positive or -1 (every remaining device), got {getattr(t, field)}")
+    _check(t.data_parallel != -1 or t.fsdp != -1, "train.data_parallel and train.fsdp cannot both be -1")
+    _check(m.n_head % t.tensor == 0,
+           f"model.n_head ({m.n_head}) must be divisible by train.tensor ({t.tensor}), which splits heads")
+    # n_embd is a multiple of n_head, so the MLP width (a multiple of n_embd) splits over tensor too.
 
     # Only a GPT generates text; an encoder's sample section is never read.
     _check(m.family != "gpt" or 0 < s.max_new_tokens < m.context,

@@ -10,7 +10,8 @@ from it. `export_hf(workdir, hf_dir)` writes the inverse.
 Each family is one table of `Tensor` rows (a gptjax parameter ← the HF tensors it is made of, and how):
 GPT-2's Conv1D weights are already (in, out) as ours; torch Linear weights (BERT, T5) are (out, in) and
 are transposed; BERT's and T5's separate query/key/value matrices are concatenated into `c_attn`
-(q|k|v) and T5's cross-attention key/value into `c_kv` (k|v). Every shape is checked against
+(q|k|v) and T5's cross-attention key/value into `c_kv` (k|v), whose parts have an axis of their own here
+([D, 3, D] for HF's [D, 3D]: the same numbers, reshaped). Every shape is checked against
 `abstract_params` of the config, and a tensor of the file that no row uses is an error naming it, so a
 checkpoint of a variant this code does not implement is refused instead of half-loaded.
 """
@@ -51,6 +52,17 @@ class Tensor:
     path: tuple
     names: tuple[str, ...]
     how: str = "copy"
+
+
+# Fused projections (gptjax.layers.FusedDense): HF's [D, n·F] kernel and [n·F] bias are our [D, n, F]
+# and [n, F], the parts on their own axis.
+FUSED = ("c_attn", "c_kv")
+
+
+def _fused_to_hf(path: tuple, value: np.ndarray) -> np.ndarray:
+    if len(path) < 2 or path[-2] not in FUSED:
+        return value
+    return value.reshape(value.shape[0], -1) if path[-1] == "kernel" else value.reshape(-1)
 
 
 # HF activation names → ours. GPT-2's "gelu_new" is the tanh approximation (our `gelu`); BERT's "gelu"
@@ -365,6 +377,8 @@ def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: Mode
         if key not in flat:
             raise ConfigError(f"no checkpoint tensor maps to gptjax parameter {name}")
         out[key] = flat.pop(key)
+        if out[key].shape != leaf.shape and out[key].shape == _fused_to_hf(key, np.empty(leaf.shape)).shape:
+            out[key] = out[key].reshape(leaf.shape)
         if out[key].shape != leaf.shape:
             raise ConfigError(f"gptjax parameter {name} has shape {leaf.shape}, the checkpoint gives "
                               f"{out[key].shape}")
@@ -468,7 +482,7 @@ def export_hf(workdir: Path, hf_dir: Path) -> Experiment:
     flat = {key: np.asarray(leaf) for key, leaf in flatten_dict(params).items()}
     tensors = {}
     for row in family.tensors(m):
-        value = flat[row.path]
+        value = _fused_to_hf(row.path, flat[row.path])
         if row.how == "copy":
             tensors[row.names[0]] = value
         elif row.how == "T":

@@ -22,7 +22,7 @@ import optax
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
 from gptjax.optimizers_modern import MODERN_RULES
-from gptjax.soap import key_name
+from gptjax.soap import key_name, linear_shape, linear_view
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -43,7 +43,9 @@ STACKED_KEY = "layers"
 
 
 def _ndim(path: tuple, x) -> int:
-    return len(x.shape) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
+    """Dimensions of the parameter at `path` as a Linear would have them (`linear_shape`), without a
+    scanned layer axis."""
+    return len(linear_shape(path, x.shape)) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
 
 
 def _decay_ndim2(params: Any) -> Any:
@@ -244,7 +246,7 @@ class Adafactor:
             second_moment = optax.scale_by_factored_rms(
                 decay_rate=self.b2, min_dim_size_to_factor=self.factor_min_dim, epsilon=self.eps1,
                 decay_rate_fn=_bias_corrected_decay(self.b2))
-        parts = [second_moment]
+        parts = [linear_view(second_moment)]  # factored over a fused kernel's Linear shape
         if self.clip > 0:
             parts.append(optax.clip_by_block_rms(self.clip))
         parts.append(optax.scale_by_learning_rate(lr, flip_sign=False))

@@ -23,7 +23,7 @@ import optax
 from optax import contrib
 
 from gptjax.config import OptimConfig
-from gptjax.soap import key_name, scale_by_soap
+from gptjax.soap import key_name, linear_shape, linear_view, scale_by_soap
 
 Mask = Callable[[Any], Any]
 Schedule = Callable[[Any], Any]
@@ -242,10 +242,11 @@ class Sophia:
 
 
 def is_hidden_matrix(path: tuple, x) -> bool:
-    """A 2-D kernel inside the layer stack (a leading layer axis aside): what Muon orthogonalises.
-    Embeddings, position tables, the output head, classifier and pooler heads, norms and biases are not."""
+    """A 2-D kernel inside the layer stack (a leading layer axis aside, a fused kernel taken as its Linear
+    shape): what Muon orthogonalises. Embeddings, position tables, the output head, classifier and pooler
+    heads, norms and biases are not."""
     names = [key_name(k) for k in path]
-    ndim = len(x.shape) - (1 if names and names[0] == STACKED_KEY else 0)
+    ndim = len(linear_shape(path, x.shape)) - (1 if names and names[0] == STACKED_KEY else 0)
     return bool(names) and names[0] in HIDDEN_STACKS and names[-1] == "kernel" and ndim == 2
 
 
@@ -280,7 +281,8 @@ def scale_by_muon(momentum, ns_steps: int, rms_scale: float) -> optax.GradientTr
     """Muon's direction for the leaves it is given (Jordan et al. 2024): m ← β·m + (1 − β)·g, Nesterov
     look-ahead u = β·m + (1 − β)·g, O = orthogonalise(u), then O·√max(1, fan_out/fan_in) (Jordan) or, with
     `rms_scale` c > 0, O·c·√max(fan_in, fan_out) (Liu et al. 2025: update RMS c, AdamW's typical 0.2).
-    A kernel is (fan_in, fan_out); a leading layer axis is orthogonalised layer by layer."""
+    A kernel is (fan_in, fan_out), a fused one ([D, n, F]) orthogonalised as its Linear [D, n·F] while
+    its momentum keeps the parameter's layout; a leading layer axis is orthogonalised layer by layer."""
 
     def direction(path, u):
         def one(u):
@@ -288,7 +290,8 @@ def scale_by_muon(momentum, ns_steps: int, rms_scale: float) -> optax.GradientTr
             scale = rms_scale * math.sqrt(max(fan_in, fan_out)) if rms_scale > 0 else \
                 math.sqrt(max(1.0, fan_out / fan_in))
             return scale * orthogonalise(u, ns_steps)
-        return jax.vmap(one)(u) if u.ndim == 3 else one(u)
+        linear = u.reshape(linear_shape(path, u.shape))
+        return (jax.vmap(one)(linear) if linear.ndim == 3 else one(linear)).reshape(u.shape)
 
     def init(params):
         return MuonState(jax.tree.map(jnp.zeros_like, params))
@@ -432,9 +435,10 @@ class Soap:
                    cfg.soap_max_precond_dim)
 
     def build(self, lr: Schedule, mask: Mask) -> optax.GradientTransformation:
-        return optax.chain(scale_by_soap(self.b1, self.b2, self.eps,
-                                         precondition_frequency=self.precondition_frequency,
-                                         max_precond_dim=self.max_precond_dim),
+        # A fused kernel is preconditioned as its Linear [D, n·F] (state in that shape), not as a 3-D tensor.
+        return optax.chain(linear_view(scale_by_soap(self.b1, self.b2, self.eps,
+                                                     precondition_frequency=self.precondition_frequency,
+                                                     max_precond_dim=self.max_precond_dim)),
                            _decay_after_first(self.weight_decay, mask), optax.scale_by_learning_rate(lr))
 
 

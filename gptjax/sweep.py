@@ -211,13 +211,14 @@ def shard_variants(names: Sequence[str], shard: tuple[int, int]) -> list[str]:
 
 
 def _group_key(cfg: Experiment) -> str | None:
-    # The config with its traceable fields blanked: equal keys, one program. Sharded (fsdp) or
+    # The config with its traceable fields blanked: equal keys, one program. Sharded (fsdp, tensor) or
     # multi-host trials stay alone, since a vmapped group keeps its stacked state replicated, and so do
     # runs started from another's parameters (train.init_from), which the group's one init cannot serve.
     from gptjax.trials import traceable
 
     fields = traceable(cfg.optim.rule)
-    if not fields or cfg.train.fsdp != 1 or cfg.train.distributed or cfg.train.init_from:
+    t = cfg.train
+    if not fields or t.fsdp != 1 or t.tensor != 1 or t.distributed or t.init_from:
         return None
     blank = dataclasses.replace(cfg.optim, preset="", **{f: 0.0 for f in fields})
     return json.dumps(to_dict(dataclasses.replace(cfg, optim=blank)), sort_keys=True)

@@ -35,7 +35,7 @@ from gptjax.generate import prompt_tokens, sample_text
 from gptjax.guards import StopSignals, WorkdirLock
 from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnSignal, Trainer, Trial
 from gptjax.metrics import MetricsWriter, NullWriter
-from gptjax.models import abstract_params, build_model, count_params, split_params, tree_bytes
+from gptjax.models import abstract_model, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule
 from gptjax.trials import Layout, injected_optimizer, varying_fields
@@ -174,14 +174,16 @@ class Evaluator:
 def build_evaluator(cfg: Experiment, graphdef, mesh: Mesh, *, teacher=None, param_shardings=None
                     ) -> Evaluator:
     """An `Evaluator` of the resolved `cfg`; needs parameters only, no optimizer."""
-    fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, cfg=cfg, teacher=teacher),
+    fn = jax.jit(sharding.constrained_on(mesh, functools.partial(eval_step, graphdef=graphdef, cfg=cfg,
+                                                                 teacher=teacher)),
                  in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
     return Evaluator(cfg, mesh, fn)
 
 
 def inference_mesh(cfg: Experiment) -> Mesh:
-    """One data-parallel device (times train.fsdp), for sampling and evaluating a trained workdir."""
+    """One data-parallel device (times train.fsdp × train.tensor), for sampling and evaluating a trained
+    workdir."""
     return sharding.make_mesh(dataclasses.replace(cfg.train, data_parallel=1), cfg.data.batch_size)
 
 
@@ -253,18 +255,20 @@ def build_steps(*cfgs: Experiment) -> Steps:
     cfg = cfgs[0]
     group = len(cfgs) > 1
     fields = varying_fields(cfgs) if group else ()
-    if group and (cfg.train.fsdp != 1 or jax.process_count() > 1):
-        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp must be 1, and "
-                          "one host")
+    if group and (cfg.train.fsdp != 1 or cfg.train.tensor != 1 or jax.process_count() > 1):
+        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp and train.tensor "
+                          "must be 1, and one host")
     # Each micro-batch is split over the data axis, so it is the micro-batch that must divide.
     k = cfg.train.grad_accum
     mesh = sharding.make_mesh(cfg.train, cfg.data.batch_size // k,
                               "data.batch_size" if k == 1 else "data.batch_size / train.grad_accum")
-    graphdef, abstract = abstract_params(cfg.model)
+    model = abstract_model(cfg.model)
+    graphdef, abstract = split_params(model)
+    axes = param_axes(model)  # the logical names each parameter declares, mapped onto the mesh by RULES
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     separate_txs = [build_optimizer(c.optim, c.train.steps) for c in cfgs]
     states = [jax.eval_shape(functools.partial(fresh_state, tx=tx), abstract) for tx in separate_txs]
-    shardings = [sharding.state_shardings(s, mesh) for s in states]
+    shardings = [sharding.state_shardings(s, mesh, axes) for s in states]
     states = [_with_shardings(s, sh) for s, sh in zip(states, shardings, strict=True)]
     replicated = sharding.replicated(mesh)
     if group:
@@ -276,7 +280,8 @@ def build_steps(*cfgs: Experiment) -> Steps:
         state_sharding, metric_sharding = replicated, replicated
     else:
         tx, layouts = separate_txs[0], None
-        step_fn = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher)
+        step_fn = sharding.constrained_on(
+            mesh, functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher))
         state_sharding, metric_sharding = shardings[0], replicated
     step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, metric_sharding), donate_argnums=0)

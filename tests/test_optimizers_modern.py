@@ -18,7 +18,9 @@ import pytest
 from gptjax import optimizers as opt
 from gptjax import optimizers_modern as modern
 from gptjax.config import PRESETS, ConfigError, Experiment, OptimConfig, apply_overrides, validate
-from tests.test_optimizers import ref_clip, ref_lr
+from tests.test_optimizers import EXPECTED as FORUM_EXPECTED
+from tests.test_optimizers import config_for as forum_config_for
+from tests.test_optimizers import ref_adafactor, ref_clip, ref_lr
 
 # Each preset typed again from its paper (see the comments in gptjax/config.py), not read from PRESETS.
 NO_SCHEDULE = dict(schedule="constant", warmup=0, min_lr_ratio=0.0, clip=0.0, tau=10_000)
@@ -96,13 +98,14 @@ def config_for(h: dict) -> OptimConfig:
                        **{FIELDS[k]: v for k, v in h.items() if k in FIELDS})
 
 
-def run(cfg: OptimConfig, params: dict, grad_steps: list, total: int, x64: bool = True):
+def run(cfg: OptimConfig, params: dict, grad_steps: list, total: int, x64: bool = True, layout=nest):
     """Jitted updates as the train step applies them (Sophia given its objective); returns the final
-    params and the evaluation params (`eval_params`), flat, in float64."""
+    params and the evaluation params (`eval_params`), flat, in float64 and in the shapes of `params`.
+    `layout` nests the flat leaves (`nest`, or `nest_fused`)."""
     with jax.enable_x64(x64):
         tx = opt.build_optimizer(cfg, total)
         dtype = jnp.float64 if x64 else jnp.float32
-        p = nest({k: jnp.asarray(v, dtype) for k, v in params.items()})
+        p = layout({k: jnp.asarray(v, dtype) for k, v in params.items()})
         state = tx.init(p)
         extra = {"obj_fn": sophia_objective} if cfg.rule == "sophia" else {}
 
@@ -112,8 +115,9 @@ def run(cfg: OptimConfig, params: dict, grad_steps: list, total: int, x64: bool 
             return optax.apply_updates(p, updates), state
 
         for grads in grad_steps:
-            p, state = step(p, state, nest({k: jnp.asarray(v, dtype) for k, v in grads.items()}))
-        as_np = lambda tree: {k: np.asarray(v, np.float64) for k, v in flatten(tree).items()}  # noqa: E731
+            p, state = step(p, state, layout({k: jnp.asarray(v, dtype) for k, v in grads.items()}))
+        as_np = lambda tree: {k: np.asarray(v, np.float64).reshape(params[k].shape)  # noqa: E731
+                              for k, v in flatten(tree).items()}
         return as_np(p), as_np(modern.eval_params(state, p))
 
 
@@ -514,6 +518,32 @@ def test_muon_runs_on_scanned_layers_layer_by_layer():
         look_ahead = 0.95 * (0.05 * g[i]) + 0.05 * g[i]  # Nesterov's u after one step from m = 0
         want = -0.02 * math.sqrt(9 / 6) * ref_newton_schulz(look_ahead, 5)
         np.testing.assert_allclose(u[i], want, rtol=1e-9)
+
+
+# The layer's projections as gptjax.layers.FusedDense keeps them for sharding (q|k|v, gate|up on an axis
+# of their own): kernel [D, n, F] for the Linear [D, n·F], bias [n, F] for [n·F]. The same numbers.
+FUSED = {"c_attn": (6, 3, 2), "c_fc": (6, 3, 3), "bias": (3, 3)}
+
+
+def nest_fused(flat: dict) -> dict:
+    return nest({k: v.reshape(FUSED[k]) if k in FUSED else v for k, v in flat.items()})
+
+
+@pytest.mark.parametrize("name", ["muon_paper", "soap_paper", "lamb_paper", "t5_adafactor"])
+def test_fused_kernels_are_updated_as_the_linear_layers_they_stand_for(name):
+    # Each rule on the fused layout against NumPy of its paper on the plain [D, n·F] matrices: Muon's
+    # hidden-matrix test and Newton–Schulz, SOAP's two preconditioned sides, Adafactor's factoring (min dim
+    # 6: [6, 3, 2] read as a 3-D tensor would not factor) and the decay mask (a fused bias [3, 3] is still
+    # a vector, never decayed) all see the Linear shape.
+    if name == "t5_adafactor":
+        h = {**FORUM_EXPECTED[name], "factor_min_dim": 6, "wd": 0.1}
+        cfg, ref = forum_config_for(h), ref_adafactor
+    else:
+        h = {**EXPECTED[name], **TEST_OVERRIDES.get(name, {}), "wd": 0.1}
+        cfg, ref = config_for(h), reference
+    params, grad_steps = problem(steps=3, seed=11)
+    got, _ = run(cfg, params, grad_steps, 40, layout=nest_fused)
+    assert_same_moves(got, ref(h, params, grad_steps, 40), params, rtol=1e-6 if h["rule"] == "soap" else 1e-7)
 
 
 def tracer_values(cfg: OptimConfig, fields) -> dict:
