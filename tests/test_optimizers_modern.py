@@ -673,30 +673,71 @@ def separate_steps(base: Experiment, name: str, lr: float):
 
 
 @pytest.mark.parametrize("name", LATER)
-def test_a_vmapped_pair_of_learning_rates_equals_two_separate_runs(tiny_gpt, name):
+def test_a_vmapped_pair_of_learning_rates_equals_two_separate_runs(name):
+    """The trials path (gptjax/trials.py: inject_hyperparams, each trial's state moved in and out by its
+    `Layout`) under vmap against each trial's own `build_optimizer`, three updates on the GPT-shaped tree,
+    in float32 as trained. The train step around it is the same for every rule (tests/test_sweep.py)."""
+    from gptjax.trials import Layout, injected_optimizer, varying_fields
+
+    lrs = (TINY_LR[name], 3 * TINY_LR[name])
+    cfgs = [dataclasses.replace(Experiment(), optim=dataclasses.replace(PRESETS[name], lr=lr)) for lr in lrs]
+    fields = varying_fields(cfgs)
+    assert fields == ("lr",)
+    params, grad_steps = problem(steps=3, seed=12)
+    p0 = nest({k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
+    gs = [nest({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}) for g in grad_steps]
+    extra = {"obj_fn": sophia_objective} if PRESETS[name].rule == "sophia" else {}
+
+    def steps(tx, p, state, step=lambda f: jax.jit(f)):
+        @step
+        def one(p, state, g):
+            updates, state = tx.update(g, state, p, **extra)
+            return optax.apply_updates(p, updates), state
+        for g in gs:
+            p, state = one(p, state, g)
+        return p, state
+
+    separate = [opt.build_optimizer(c.optim, 20) for c in cfgs]
+    tx = injected_optimizer(cfgs[0].optim, fields, 20)
+    layouts = [Layout(c, fields, jax.eval_shape(s.init, p0), jax.eval_shape(tx.init, p0))
+               for c, s in zip(cfgs, separate, strict=True)]
+    fresh = [layout.to_vmapped(0, s.init(p0)) for layout, s in zip(layouts, separate, strict=True)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh)
+    pair = jax.tree.map(lambda x: jnp.stack([x, x]), p0)
+    pair, stacked = steps(tx, pair, stacked, step=lambda f: jax.jit(jax.vmap(f, in_axes=(0, 0, None))))
+    for i, (layout, s) in enumerate(zip(layouts, separate, strict=True)):
+        got_p = jax.tree.map(lambda x, i=i: x[i], pair)
+        got_state = layout.to_separate(jax.tree.map(lambda x, i=i: x[i], stacked))
+        want_p, want_state = steps(s, p0, s.init(p0))
+        for got, want in zip(jax.tree.leaves((got_p, got_state, modern.eval_params(got_state, got_p))),
+                             jax.tree.leaves((want_p, want_state, modern.eval_params(want_state, want_p))),
+                             strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{name} lr={lrs[i]}")
+    assert not np.allclose(pair["wte"]["embedding"][0], pair["wte"]["embedding"][1])  # two runs, not one
+
+
+def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(tiny_gpt):
+    """Through the real train step (build_steps): a vmapped Schedule-Free pair's parameters, state and
+    evaluation parameters x after three steps equal each separate run's."""
     from gptjax.train import build_steps
 
     base, data = tiny_gpt
+    name = "schedule_free_adamw_paper"
     lrs = (TINY_LR[name], 3 * TINY_LR[name])
     group = build_steps(*(tiny_config(base, name, lr) for lr in lrs))
     state = group.init()
     batches = [data.train_batch(i) for i in range(3)]
     for batch in batches:
         state, _ = group.step(state, batch)
-    trials = group.unstack(state)
-    for lr, trial in zip(lrs, trials, strict=True):
+    for lr, trial in zip(lrs, group.unstack(state), strict=True):
         steps = separate_steps(base, name, lr)
         alone = steps.init()
         for batch in batches:
             alone, _ = steps.step(alone, batch)
-        for got, want in zip(jax.tree.leaves(jax.device_get(trial)), jax.tree.leaves(jax.device_get(alone)),
-                             strict=True):
-            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{name} lr={lr}")
-        for got, want in zip(jax.tree.leaves(jax.device_get(group.eval_params(trial))),
-                             jax.tree.leaves(jax.device_get(steps.eval_params(alone))), strict=True):
-            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{name} lr={lr}")
-    moved = [jax.tree.leaves(jax.device_get(t.params)) for t in trials]
-    assert any(not np.allclose(a, b) for a, b in zip(*moved, strict=True))  # the two lrs are two runs
+        got = jax.device_get((trial, group.eval_params(trial)))
+        want = jax.device_get((alone, steps.eval_params(alone)))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"lr={lr}")
 
 
 # Loss on one fixed batch after TRAIN_STEPS steps at TINY_LR, from the untrained model's (ln 258 ≈ 5.55,
