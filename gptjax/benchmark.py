@@ -137,18 +137,20 @@ def _median(values: list[float]) -> float:
 
 def _key(run: RunInfo, target: float) -> tuple[float, float]:
     hit = time_to_target(run, target)
-    return (math.inf if hit is None else hit[0], run.final_loss if run.val else math.inf)
+    final = run.final_loss if run.val else math.inf
+    return (math.inf if hit is None else hit[0], final if math.isfinite(final) else math.inf)
 
 
 def score(runs: Sequence[RunInfo], workloads: Sequence[Workload], contenders: Sequence[Contender]
           ) -> dict[str, dict[str, Score]]:
     """workload → contender preset → `Score`, from the runs of `benchmark_sweep` (read by
-    `report.load_runs`); a contender with no finished run on a workload is left out of it."""
+    `report.load_runs`). A run that ended without reaching the target (diverged or failed included) counts
+    ∞; one still running is not counted yet; a contender with no ended run on a workload is left out."""
     target = {w.name: w.target for w in workloads}
     groups: dict[tuple[str, str, int], list[RunInfo]] = defaultdict(list)
     for run in runs:
         name = next((p.split("=", 1)[1] for p in run.name.split(",") if p.startswith("w=")), None)
-        if name in target and run.finished:
+        if name in target and (run.finished or run.status.get("status") in ("done", "failed")):
             groups[name, run.optimizer, run.seed].append(run)
     table: dict[str, dict[str, Score]] = {}
     for workload in workloads:
@@ -230,8 +232,9 @@ def render(table: dict[str, dict[str, Score]], workloads: Sequence[Workload], co
                           and s.tokens_per_s), None)
         for c in sorted(scores, key=lambda c: (scores[c].median_steps, _mean(scores[c].final))):
             s = scores[c]
-            mean, half = mean_ci(s.final)
-            ci = f"{mean:.4f} ± {half:.4f}" if math.isfinite(half) else f"{mean:.4f} (one study)"
+            mean, half = mean_ci(_finite(s.final))
+            ci = (f"{mean:.4f} ± {half:.4f}" if math.isfinite(half) else
+                  f"{mean:.4f} (one study)" if math.isfinite(mean) else "no finite loss")
             best = ", ".join(f"{k.removeprefix('optim.')}={v:.3g}" for k, v in s.best.items()) or "preset"
             overhead = (f"{reference / s.tokens_per_s:.2f}×" if reference and s.tokens_per_s else "?")
             state = "?" if s.state_bytes_per_param is None else f"{s.state_bytes_per_param:.1f}"
@@ -246,7 +249,12 @@ def render(table: dict[str, dict[str, Score]], workloads: Sequence[Workload], co
     return "\n".join(lines) + "\n"
 
 
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
 def _mean(values: list[float]) -> float:
+    values = _finite(values)
     return sum(values) / len(values) if values else math.inf
 
 
@@ -258,7 +266,7 @@ def significance(table: dict[str, dict[str, Score]]) -> list[str]:
         if not scores:
             continue
         best = min(scores, key=lambda c: _mean(scores[c].final))
-        b_mean, b_half = mean_ci(scores[best].final)
+        b_mean, b_half = mean_ci(_finite(scores[best].final))
         if not math.isfinite(b_half):
             out.append(f"- {name}: one study per contender, so no interval; nothing here is significant.")
             continue
@@ -266,7 +274,7 @@ def significance(table: dict[str, dict[str, Score]]) -> list[str]:
         for c, s in scores.items():
             if c == best:
                 continue
-            mean, half = mean_ci(s.final)
+            mean, half = mean_ci(_finite(s.final))
             (apart if math.isfinite(half) and mean - half > b_mean + b_half else close).append(c)
         out.append(f"- {name}: lowest final loss {best}; its interval does not overlap "
                    f"{', '.join(sorted(apart)) or 'no one'}'s (worse beyond noise); "

@@ -71,7 +71,8 @@ def run(w: str, preset: str, study: int, lr: float, losses: list[float]) -> RunI
                    val=[{"step": 10 * (i + 1), "loss": loss, "elapsed_s": 10.0 * (i + 1)}
                         for i, loss in enumerate(losses)],
                    train=[{"step": 30, "tokens_per_s": 1000.0 if preset == "gpt3_adamw" else 500.0}],
-                   status={}, cfg={"optim.lr": lr, "optim.b2": 0.95}, setups=[{"opt_state_bytes_per_param": 8.0}])
+                   status={}, cfg={"optim.lr": lr, "optim.b2": 0.95},
+                   setups=[{"opt_state_bytes_per_param": 8.0}])
 
 
 RUNS = [
@@ -118,3 +119,15 @@ def test_the_benchmark_experiment_expands_and_validates():
     presets = {cfg.optim.preset for cfg in variants.values()}
     assert len(presets) >= 12 and {"w=gpt", "w=bert", "w=t5"} == {n.split(",")[0] for n in variants}
     assert all(len(group) == 4 for group in vmap_groups(variants))  # TRIALS points, one program each
+
+
+def test_a_failed_run_counts_as_not_reached_and_a_running_one_not_yet():
+    def third_study(status: str) -> RunInfo:
+        return RunInfo(name="w=a,preset=lion_paper,lr=0.001,seed=2", setting="", optimizer="lion_paper",
+                       lr=1e-3, seed=2, steps=30, val=[], train=[], status={"status": status})
+
+    lion = score([*RUNS, third_study("failed")], WORKLOADS, CONTENDERS)["a"]["lion_paper"]
+    assert lion.steps == [10, 30, None] and lion.median_steps == 30
+    # Its missing final loss is left out of the interval (1.6 and 2.0), not turned into nan.
+    assert "| 1.8000 ± " in render({"a": {"lion_paper": lion}}, WORKLOADS[:1], ["lion_paper"])
+    assert score([*RUNS, third_study("running")], WORKLOADS, CONTENDERS)["a"]["lion_paper"].steps == [10, 30]

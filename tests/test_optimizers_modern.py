@@ -6,6 +6,7 @@ models, Schedule-Free's evaluation parameters, and a short training run per rule
 (`jax.enable_x64`) so that any one number 10% off shows far above rounding."""
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -688,30 +689,38 @@ def test_a_vmapped_pair_of_learning_rates_equals_two_separate_runs(name):
     gs = [nest({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}) for g in grad_steps]
     extra = {"obj_fn": sophia_objective} if PRESETS[name].rule == "sophia" else {}
 
-    def steps(tx, p, state, step=lambda f: jax.jit(f)):
-        @step
-        def one(p, state, g):
-            updates, state = tx.update(g, state, p, **extra)
-            return optax.apply_updates(p, updates), state
-        for g in gs:
-            p, state = one(p, state, g)
-        return p, state
-
     separate = [opt.build_optimizer(c.optim, 20) for c in cfgs]
     tx = injected_optimizer(cfgs[0].optim, fields, 20)
     layouts = [Layout(c, fields, jax.eval_shape(s.init, p0), jax.eval_shape(tx.init, p0))
                for c, s in zip(cfgs, separate, strict=True)]
-    fresh = [layout.to_vmapped(0, s.init(p0)) for layout, s in zip(layouts, separate, strict=True)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh)
-    pair = jax.tree.map(lambda x: jnp.stack([x, x]), p0)
-    pair, stacked = steps(tx, pair, stacked, step=lambda f: jax.jit(jax.vmap(f, in_axes=(0, 0, None))))
-    for i, (layout, s) in enumerate(zip(layouts, separate, strict=True)):
-        got_p = jax.tree.map(lambda x, i=i: x[i], pair)
-        got_state = layout.to_separate(jax.tree.map(lambda x, i=i: x[i], stacked))
-        want_p, want_state = steps(s, p0, s.init(p0))
-        for got, want in zip(jax.tree.leaves((got_p, got_state, modern.eval_params(got_state, got_p))),
-                             jax.tree.leaves((want_p, want_state, modern.eval_params(want_state, want_p))),
-                             strict=True):
+
+    def updates(tx, p, state, g):
+        u, state = tx.update(g, state, p, **extra)
+        return optax.apply_updates(p, u), state
+
+    # Each whole run is one program: eager optimizer ops would compile one small program each.
+    @functools.partial(jax.jit, static_argnums=0)
+    def alone(i):
+        p, state = p0, separate[i].init(p0)
+        for g in gs:
+            p, state = updates(separate[i], p, state, g)
+        return p, state, modern.eval_params(state, p)
+
+    @jax.jit
+    def vmapped():
+        fresh = [layout.to_vmapped(0, s.init(p0)) for layout, s in zip(layouts, separate, strict=True)]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh)
+        pair = jax.tree.map(lambda x: jnp.stack([x, x]), p0)
+        for g in gs:
+            pair, stacked = jax.vmap(lambda p, s, g=g: updates(tx, p, s, g))(pair, stacked)
+        trials = [(jax.tree.map(lambda x, i=i: x[i], pair),
+                   layout.to_separate(jax.tree.map(lambda x, i=i: x[i], stacked)))
+                  for i, layout in enumerate(layouts)]
+        return pair, [(p, state, modern.eval_params(state, p)) for p, state in trials]
+
+    pair, trials = vmapped()
+    for i, trial in enumerate(trials):
+        for got, want in zip(jax.tree.leaves(trial), jax.tree.leaves(alone(i)), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{name} lr={lrs[i]}")
     assert not np.allclose(pair["wte"]["embedding"][0], pair["wte"]["embedding"][1])  # two runs, not one
 
