@@ -636,7 +636,7 @@ LATER = ["lamb_paper", "lion_paper", "sophia_paper", "muon_paper", "schedule_fre
          "ademamix_paper", "adopt_paper", "nadamw_paper", "prodigy_paper", "soap_paper"]
 # The two learning rates of each rule's vmapped pair, the first also the one of the training test: for
 # a tiny GPT overfitting one batch in a few steps (the presets' are for long runs of large models).
-TINY_LR = {"lamb_paper": 1e-2, "lion_paper": 3e-3, "sophia_paper": 1e-2, "muon_paper": 0.05,
+TINY_LR = {"lamb_paper": 5e-2, "lion_paper": 3e-3, "sophia_paper": 1e-2, "muon_paper": 0.1,
            "schedule_free_adamw_paper": 1e-2, "ademamix_paper": 1e-2, "adopt_paper": 1e-2,
            "nadamw_paper": 1e-2, "prodigy_paper": 1.0, "soap_paper": 1e-2}
 
@@ -655,9 +655,14 @@ def tiny_gpt():
     return resolve(cfg, data.tokenizer.vocab_size), data
 
 
+# Prodigy's d0 = 1e-6 needs more than fifteen updates to grow to a useful step (the loss fell 0.007).
+TINY_EXTRA = {"prodigy_paper": {"prodigy_d0": 1e-3}}
+
+
 def tiny_config(base: Experiment, name: str, lr: float) -> Experiment:
     # The preset at learning rate `lr`, no warmup and a constant schedule, so that every step moves.
-    optim = dataclasses.replace(PRESETS[name], lr=lr, warmup_steps=0, schedule="constant")
+    optim = dataclasses.replace(PRESETS[name], lr=lr, warmup_steps=0, schedule="constant",
+                                **TINY_EXTRA.get(name, {}))
     return dataclasses.replace(base, optim=optim)
 
 
@@ -727,7 +732,8 @@ def test_a_vmapped_pair_of_learning_rates_equals_two_separate_runs(name):
 
 def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(tiny_gpt):
     """Through the real train step (build_steps): a vmapped Schedule-Free pair's parameters, state and
-    evaluation parameters x after three steps equal each separate run's."""
+    evaluation parameters x after three steps equal each separate run's, to the rounding by which a
+    vmapped model's gradients differ (tests/test_sweep.py's tolerance: near-zero entries differ by ~1e-6)."""
     from gptjax.train import build_steps
 
     base, data = tiny_gpt
@@ -746,7 +752,7 @@ def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(ti
         got = jax.device_get((trial, group.eval_params(trial)))
         want = jax.device_get((alone, steps.eval_params(alone)))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"lr={lr}")
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"lr={lr}")
 
 
 # Loss on one fixed batch after TRAIN_STEPS steps at TINY_LR, from the untrained model's (ln 258 ≈ 5.55,
@@ -754,9 +760,9 @@ def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(ti
 # failure). The test asserts a third of it, wide enough for another library version's rounding and
 # initialisation, and far above what a rule that moves nothing, or the wrong way, reaches.
 TRAIN_STEPS = 15
-MEASURED_DROP = {"lamb_paper": 0, "lion_paper": 0, "sophia_paper": 0, "muon_paper": 0,
-                 "schedule_free_adamw_paper": 0, "ademamix_paper": 0, "adopt_paper": 0, "nadamw_paper": 0,
-                 "prodigy_paper": 0, "soap_paper": 0}
+MEASURED_DROP = {"lamb_paper": 0.919, "lion_paper": 1.144, "sophia_paper": 2.640, "muon_paper": 0.553,
+                 "schedule_free_adamw_paper": 2.281, "ademamix_paper": 2.673, "adopt_paper": 2.075,
+                 "nadamw_paper": 2.708, "prodigy_paper": 2.367, "soap_paper": 1.714}
 
 
 @pytest.mark.parametrize("name", LATER)
@@ -773,7 +779,6 @@ def test_each_later_rule_lowers_a_tiny_gpts_loss_on_a_fixed_batch(tiny_gpt, name
         losses.append(float(objective_loss(jax.device_get(metrics))))
     final = steps.evaluate(steps.eval_params(state), [batch])["loss"]
     drop = losses[0] - final
-    print("DROP", name, losses[0], final, drop)
     assert np.isfinite(losses).all() and drop > MEASURED_DROP[name] / 3, (name, losses, final)
 
 
