@@ -732,8 +732,9 @@ def test_a_vmapped_pair_of_learning_rates_equals_two_separate_runs(name):
 
 def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(tiny_gpt):
     """Through the real train step (build_steps): a vmapped Schedule-Free pair's parameters, state and
-    evaluation parameters x after three steps equal each separate run's, to the rounding by which a
-    vmapped model's gradients differ (tests/test_sweep.py's tolerance: near-zero entries differ by ~1e-6)."""
+    evaluation parameters x after three steps equal each separate run's, to 0.1% of each leaf's largest
+    entry. Not tighter: the key projection's bias has an exactly zero gradient in exact arithmetic (softmax
+    ignores a shift), so each run moves it by its own rounding noise scaled up by Adam's 1/(√v + ε)."""
     from gptjax.train import build_steps
 
     base, data = tiny_gpt
@@ -752,7 +753,7 @@ def test_a_vmapped_schedule_free_pair_trains_and_evaluates_like_separate_runs(ti
         got = jax.device_get((trial, group.eval_params(trial)))
         want = jax.device_get((alone, steps.eval_params(alone)))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"lr={lr}")
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(b).max(), err_msg=f"lr={lr}")
 
 
 # Loss on one fixed batch after TRAIN_STEPS steps at TINY_LR, from the untrained model's (ln 258 ≈ 5.55,
