@@ -2,8 +2,9 @@
 
 Each step is saved as separate items, `params`, `opt_state` and `meta` ({"step", "data_position",
 "seed", …}), so parameters restore without the optimizer that trained them (`restore_params`: sample,
-eval, a KL teacher, `train.init_from`) and a checkpoint may hold parameters only (`import-hf` writes
-one at step 0; the first `train` in that workdir creates the optimizer state). Orbax writes each step
+eval, a KL teacher, `train.init_from`, export; only a rule that evaluates an average of its iterates,
+Schedule-Free, reads its optimizer state there) and a checkpoint may hold parameters only (`import-hf`
+writes one at step 0; the first `train` in that workdir creates the optimizer state). Orbax writes each step
 into a temporary directory and renames it when complete, so a run killed mid-write leaves the previous
 checkpoint intact. Restores always go against an abstract target (`jax.eval_shape` of the tree), so
 optax's NamedTuples come back as NamedTuples.
@@ -85,18 +86,29 @@ class Checkpointer:
 
 def restore_params(workdir: Path) -> tuple[Any, Any, Any]:
     """(config, graphdef, params) of a workdir's latest checkpoint, for any family, from shapes alone: no
-    data, no tokenizer, no mesh, no optimizer."""
+    data, no tokenizer, no mesh. The params are those to evaluate, sample from and export: the trained ones,
+    or for a rule that evaluates an average (Schedule-Free's x) that average, from the optimizer state."""
+    import jax
+
     from gptjax.config import ConfigError, from_dict
     from gptjax.models import abstract_params
+    from gptjax.optimizers import RULES, build_optimizer
+    from gptjax.optimizers_modern import eval_params
 
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
     cfg = from_dict(json.loads((workdir / "config.json").read_text()))
     graphdef, abstract = abstract_params(cfg.model)
+    items = {"params": abstract}
+    if RULES[cfg.optim.rule].AVERAGED:
+        items["opt_state"] = jax.eval_shape(build_optimizer(cfg.optim, cfg.train.steps).init, abstract)
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    restored = checkpointer.restore_latest({"params": abstract})
+    restored = checkpointer.restore_latest(items)
     checkpointer.close()
     if restored is None:
         raise ConfigError(f"{workdir} has no checkpoint yet")
-    return cfg, graphdef, restored[0]["params"]
+    params = restored[0]["params"]
+    if "opt_state" in restored[0]:  # a parameters-only checkpoint (import-hf) has none: y = x at the start
+        params = eval_params(restored[0]["opt_state"], params)
+    return cfg, graphdef, params

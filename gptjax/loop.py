@@ -207,7 +207,7 @@ class Evaluation:
         alive = [(trial, s) for trial, s in zip(self.trials, self.steps.unstack(state), strict=True)
                  if not trial.diverged]
         for trial, trial_state in alive:
-            trial.val = self.steps.evaluate(trial_state.params, self.batches)
+            trial.val = self.steps.evaluate(self.steps.eval_params(trial_state), self.batches)
             trial.writer.write(step, "val", {**trial.val, "elapsed_s": time.perf_counter() - self.started})
         if len(self.trials) == 1:
             val = self.trials[0].val

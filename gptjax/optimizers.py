@@ -21,7 +21,7 @@ import optax
 
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
-from gptjax.optimizers_modern import MODERN_RULES
+from gptjax.optimizers_modern import MODERN_RULES, AdamHyperparameters, UpdateRule
 from gptjax.soap import key_name, linear_shape, linear_view
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
@@ -131,30 +131,18 @@ def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def _weight_decay(rate: float | optax.Schedule, mask: Mask) -> optax.GradientTransformation:
-    # Adds rate·θ to the update on the masked leaves; a zero rate adds nothing to the chain or its state.
-    if not callable(rate) and rate == 0:
+    # Adds rate·θ to the update on the masked leaves; a literal zero adds nothing to the chain or its
+    # state, and an array (a vmapped trial's traced rate) always adds the term, which holds no state either.
+    if isinstance(rate, (int, float)) and rate == 0:
         return optax.identity()
     return optax.add_decayed_weights(rate, mask=mask)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdamL2:
+class AdamL2(AdamHyperparameters):
     """Adam (Kingma & Ba 2015) on the L2-regularised gradient, "coupled" decay: g ← g + wd·θ on the masked
     leaves, then m and v are the usual bias-corrected moments of that g and θ ← θ − lr_t·m̂/(√v̂ + ε). The
     decay term passes through the adaptive scaling, so large-v weights are barely decayed."""
-
-    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
-    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
-    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
-
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-
-    @classmethod
-    def from_config(cls, cfg: OptimConfig) -> AdamL2:
-        return cls(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay)
 
     def build(self, lr: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
         return optax.chain(_weight_decay(self.weight_decay, mask),
@@ -163,24 +151,11 @@ class AdamL2:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdamW:
+class AdamW(AdamHyperparameters):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019): θ ← θ − lr_t·(m̂/(√v̂ + ε) + wd·θ), the
     decay beside the Adam step and outside its moments. As in optax.adamw and PyTorch, lr_t is the
     scheduled learning rate itself, so the decay per step is lr_t·wd (the paper scales wd by the schedule
     multiplier only)."""
-
-    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
-    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
-    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
-
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-
-    @classmethod
-    def from_config(cls, cfg: OptimConfig) -> AdamW:
-        return cls(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay)
 
     def build(self, lr: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
         return optax.chain(optax.scale_by_adam(self.b1, self.b2, self.eps),
@@ -206,7 +181,7 @@ def _power_decay(step, exponent):
 
 
 @dataclasses.dataclass(frozen=True)
-class Adafactor:
+class Adafactor(UpdateRule):
     """Adafactor (Shazeer & Stern 2018, Algorithms 4 and 5): v estimated from row and column averages of
     g² + ε1 for tensors whose two largest dims are ≥ `factor_min_dim` (per element otherwise), update
     U = g/√v̂ clipped to RMS ≤ d, step α_t = ρ_t·max(ε2, RMS(θ)) when `relative_step`, then momentum
@@ -260,9 +235,7 @@ class Adafactor:
         return optax.chain(*parts)
 
 
-Rule = AdamL2 | AdamW | Adafactor
-
-RULES: dict[str, type[Rule]] = registry(RuleName, {
+RULES: dict[str, type[UpdateRule]] = registry(RuleName, {
     "adam_l2": AdamL2,
     "adamw": AdamW,
     "adafactor": Adafactor,
@@ -270,7 +243,7 @@ RULES: dict[str, type[Rule]] = registry(RuleName, {
 })
 
 
-def build_rule(cfg: OptimConfig) -> Rule:
+def build_rule(cfg: OptimConfig) -> UpdateRule:
     """The typed update rule `cfg.rule` with its hyperparameters taken from `cfg`."""
     return _lookup(RULES, "optim.rule", cfg.rule).from_config(cfg)
 

@@ -37,7 +37,8 @@ from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnS
 from gptjax.metrics import MetricsWriter, NullWriter
 from gptjax.models import abstract_model, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
-from gptjax.optimizers import build_optimizer, build_schedule
+from gptjax.optimizers import RULES, build_optimizer, build_schedule
+from gptjax.optimizers_modern import eval_params
 from gptjax.trials import Layout, injected_optimizer, varying_fields
 
 
@@ -115,11 +116,23 @@ def gradients(params, batch, key, *, graphdef, cfg: Experiment, teacher=None):
     return grads, metrics
 
 
+def curvature_loss(batch, key, *, graphdef, cfg: Experiment, teacher=None):
+    """params → the mean loss of the batch's first micro-batch, for rules that estimate curvature from the
+    loss itself (`NEEDS_LOSS`: Sophia's Hessian-vector products). One micro-batch, as the step's memory is
+    sized for one; Sophia's authors also estimate on a part of the batch."""
+    micro = jax.tree_util.tree_map(lambda x: x[0], micro_batches(batch, cfg.train.grad_accum))
+    return lambda params: loss_fn(params, micro, key, graphdef=graphdef, cfg=cfg, teacher=teacher,
+                                  deterministic=cfg.model.dropout == 0.0,
+                                  denominators=denominators(micro, cfg))[0]
+
+
 def train_step(state: TrainState, batch, *, graphdef, tx, cfg: Experiment, teacher=None):
     # Dropout's key depends only on (seed, step): a resumed run draws the same masks.
     key = jax.random.fold_in(jax.random.key(cfg.train.seed), state.step)
     grads, metrics = gradients(state.params, batch, key, graphdef=graphdef, cfg=cfg, teacher=teacher)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    extra = ({"obj_fn": curvature_loss(batch, key, graphdef=graphdef, cfg=cfg, teacher=teacher)}
+             if RULES[cfg.optim.rule].NEEDS_LOSS else {})
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     # A step with a non-finite loss or gradient is not applied: the state stays as it was (the step
@@ -237,10 +250,20 @@ class Steps:
         """Trial `trial`'s metrics of a step, from the step's metrics on the host."""
         return {k: float(v if self.layouts is None else v[trial]) for k, v in host.items()}
 
+    def eval_params(self, state: TrainState):
+        """The parameters to evaluate and sample from, from one trial's separate state: the trained ones,
+        or for a rule that evaluates an average (`AVERAGED`: Schedule-Free's x) that average."""
+        if not RULES[self.cfg.optim.rule].AVERAGED:
+            return state.params
+        return _eval_params(state.opt_state, state.params)
+
     def init(self) -> TrainState:
         """The loop's state at step 0: seed train.seed's parameters and fresh optimizer states."""
         params = self.init_params()
         return self.stack([fresh(params) for fresh in self.fresh])
+
+
+_eval_params = jax.jit(eval_params)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -529,12 +552,13 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, exec
         if trial.diverged:
             results[trial.workdir] = {"diverged": trial.diverged}
             continue
+        evaluated = steps.eval_params(trial_state)
         if trial.val is None:  # resumed at the last step: nothing left to train
-            trial.val = steps.evaluate(trial_state.params, val_batches)
+            trial.val = steps.evaluate(evaluated, val_batches)
         text = ""
         # Multi-host: sample afterwards with `python -m gptjax sample`. Other objectives do not generate.
         if jax.process_count() == 1 and cfg.objective.name == "causal_lm":
-            text = sample_text(trial.cfg, steps.graphdef, trial_state.params, data.tokenizer, t.seed)
+            text = sample_text(trial.cfg, steps.graphdef, evaluated, data.tokenizer, t.seed)
             (trial.workdir / "sample.txt").write_text(text + "\n")
         results[trial.workdir] = {"val": trial.val, "sample": text, "step": int(trial_state.step),
                                   "val_unigram_entropy": unigram}
