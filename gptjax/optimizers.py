@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
@@ -121,10 +122,23 @@ SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = registry(Sc
 })
 
 
+def float32_hyperparameters(cfg: OptimConfig) -> OptimConfig:
+    """`cfg` with every float field rounded to the nearest float32, the precision the update computes in.
+
+    A vmapped group of trials holds the hyperparameters on which its trials differ as float32 arrays
+    (gptjax/trials.py); a separate run would otherwise hand optax the Python floats, and Python's
+    1 − 0.999 is not float32's (1.3e-5 apart, relative). Rounded here, both runs see the same numbers.
+    Traced values (a group's own hyperparameters) and schedules are left as they are."""
+    return dataclasses.replace(cfg, **{f.name: float(np.float32(getattr(cfg, f.name)))
+                                       for f in dataclasses.fields(cfg) if type(getattr(cfg, f.name)) is float})
+
+
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of optax's update count c (0 for the first update): with t = c + 1,
     a linear ramp min(1, t/warmup_steps) times the schedule's shape (docs/optimizers.md, "Schedules");
-    linear and cosine reach `min_lr_ratio·lr` at t = total_steps and stay there."""
+    linear and cosine reach `min_lr_ratio·lr` at t = total_steps and stay there. Float fields are taken
+    at float32 (`float32_hyperparameters`)."""
+    cfg = float32_hyperparameters(cfg)
     return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, total_steps)
 
 
@@ -277,7 +291,10 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     """The whole optax chain for `cfg`: clip the gradient's global norm to `grad_clip` (if > 0, before
     anything else, so the L2 term of adam_l2 is not clipped), then the update rule with the learning rate
     of `build_schedule(cfg, total_steps)` and weight decay on the leaves `MASKS[cfg.decay_mask]` marks
-    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
+    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none"). Float
+    hyperparameters are rounded to float32 first (`float32_hyperparameters`), as a vmapped group holds
+    them, so that a trial computes the same update in a group and alone."""
+    cfg = float32_hyperparameters(cfg)
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
     rule = build_rule(cfg)

@@ -154,6 +154,31 @@ def test_vectorised_trials_equal_separate_runs(tmp_path):
         train_trials({tmp_path / "a": base, tmp_path / "b": other_rule})
 
 
+def test_a_group_whose_betas_differ_matches_separate_runs_to_float32_rounding():
+    """β2 0.999 beside 0.98 in one group: the group holds them as float32 and a separate run rounds its
+    Python floats to float32 too, so only the batched matmuls' summation order could set them apart. Here
+    the losses are bit-identical; before the rounding, 1 − β2 differed by 1.3e-5 and the step-12 losses
+    by 1.1e-6 (relative)."""
+    from gptjax.data import build_data
+    from gptjax.metrics import objective_loss
+    from gptjax.train import build_steps, resolve
+
+    base = tiny_experiment(steps=12)
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model, n_layer=1, n_embd=16, context=16),
+                               data=dataclasses.replace(base.data, seq_len=16, batch_size=4),
+                               optim=dataclasses.replace(PRESETS["gpt2_adam"], lr=3e-3))
+    data = build_data(base.data, base.train.seed)
+    cfgs = [resolve(replace_path(base, "optim.b2", b2), data.tokenizer.vocab_size) for b2 in (0.999, 0.98)]
+    group, alone = build_steps(*cfgs), build_steps(cfgs[0])
+    state = alone.init()
+    stacked = group.stack([state, group.fresh[1](state.params)])  # one initialisation compiled, not two
+    for k in range(12):
+        stacked, in_group = group.step(stacked, data.train_batch(k))
+        state, metrics = alone.step(state, data.train_batch(k))
+        np.testing.assert_allclose(np.asarray(objective_loss(in_group))[0], objective_loss(metrics),
+                                   rtol=3e-7, atol=0, err_msg=f"step {k + 1}")
+
+
 # Two adam_l2 trials that differ in lr, eps and weight decay (zero in one): one vmapped group. The
 # broken variant differs in its data, so it has no partner and runs (and fails) as without --vmap.
 VMAP_FILE = TINY_FILE.replace("steps=40", "steps=4").replace("eval_every=1000", "eval_every=2") + '''
