@@ -129,17 +129,18 @@ def float32_hyperparameters(cfg: OptimConfig) -> OptimConfig:
     (gptjax/trials.py); a separate run would otherwise hand optax the Python floats, and Python's
     1 − 0.999 is not float32's (1.3e-5 apart, relative). Rounded here, both runs see the same numbers.
     Traced values (a group's own hyperparameters) and schedules are left as they are."""
-    return dataclasses.replace(cfg, **{f.name: float(np.float32(getattr(cfg, f.name)))
-                                       for f in dataclasses.fields(cfg) if type(getattr(cfg, f.name)) is float})
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: float(np.float32(v)) for k, v in values.items()
+                                       if type(v) is float})
 
 
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of optax's update count c (0 for the first update): with t = c + 1,
     a linear ramp min(1, t/warmup_steps) times the schedule's shape (docs/optimizers.md, "Schedules");
-    linear and cosine reach `min_lr_ratio·lr` at t = total_steps and stay there. Float fields are taken
-    at float32 (`float32_hyperparameters`)."""
+    linear and cosine reach `min_lr_ratio·lr` at t = `optim.schedule_steps` (0: total_steps) and stay
+    there. Float fields are taken at float32 (`float32_hyperparameters`)."""
     cfg = float32_hyperparameters(cfg)
-    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, total_steps)
+    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, cfg.schedule_steps or total_steps)
 
 
 def _weight_decay(rate: float | optax.Schedule, mask: Mask) -> optax.GradientTransformation:
@@ -295,6 +296,7 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     hyperparameters are rounded to float32 first (`float32_hyperparameters`), as a vmapped group holds
     them, so that a trial computes the same update in a group and alone."""
     cfg = float32_hyperparameters(cfg)
+    total_steps = cfg.schedule_steps or total_steps  # the horizon, when it is not the run's length
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
     rule = build_rule(cfg)

@@ -10,9 +10,11 @@ import pytest
 from gptjax.cli import main
 from gptjax.config import PRESETS, ConfigError
 from gptjax.sweep import (
+    Times,
     grid,
     load_sweep,
     parse_shard,
+    per_optimizer,
     quasi_random,
     read_status,
     replace_path,
@@ -53,6 +55,21 @@ def test_grid_quasi_random_and_seeds_expand_as_replacements_of_the_base():
     assert len(quasi_random(base, {"optim.lr": (1e-4, 1e-2, "log")}, 5, method="halton")) == 5
     with pytest.raises(ConfigError, match="no field 'optimm'"):
         grid(base, {"optimm.lr": [1.0]})
+
+
+def test_per_optimizer_gives_each_preset_its_own_values():
+    base = tiny_experiment()
+    variants = per_optimizer(base, {"gpt2_adam": {"optim.lr": [1e-4, Times(10)], "optim.b2": [0.99]},
+                                    "t5_adafactor": {"optim.lr": [Times(1)]}})
+    # gpt2_adam's lr is 2.5e-4 and t5_adafactor's relative step 1e-3 (docs/optimizers.md, "Presets").
+    assert list(variants) == ["preset=gpt2_adam,lr=0.0001,b2=0.99", "preset=gpt2_adam,lr=0.0025,b2=0.99",
+                              "preset=t5_adafactor,lr=0.001"]
+    assert variants["preset=gpt2_adam,lr=0.0025,b2=0.99"].optim == dataclasses.replace(
+        PRESETS["gpt2_adam"], lr=2.5e-4 * 10, b2=0.99)
+    assert variants["preset=t5_adafactor,lr=0.001"].optim == PRESETS["t5_adafactor"]
+    assert variants["preset=t5_adafactor,lr=0.001"].model == base.model
+    with pytest.raises(ConfigError, match="no field 'lrr'"):
+        per_optimizer(base, {"gpt2_adam": {"optim.lrr": [Times(2)]}})
 
 
 def test_shards_cover_every_variant_exactly_once():
