@@ -1,5 +1,5 @@
-# Every target sets itself up: the first call creates .venv and installs gptjax with its test and
-# reference (PyTorch, transformers) extras;
+# Every target sets itself up: the first call creates .venv and installs gptjax with its test,
+# reference (PyTorch, transformers) and tensorboard extras;
 # the stamp file makes later calls free until pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,reference]'
+	$(PY) -m pip install --quiet -e '.[test,reference,tensorboard]'
 	touch $(STAMP)
 
 experiment: $(STAMP)

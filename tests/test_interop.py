@@ -307,7 +307,7 @@ def test_the_printed_fine_tune_command_trains_from_the_import(gpt2_dir, tmp_path
     command = shlex.split(out.split("fine-tune it on a text file:\n")[1].strip())
     assert command[:4] == ["python", "-m", "gptjax", "train"]
     assert command[4] == "gpt2-import/gpt2-import.py" and "train.init_from=gpt2-import" in command
-    (tmp_path / "my.txt").write_text("hello world, hello gptjax. " * 400)
+    (tmp_path / "my.txt").write_text("\n\n".join(["hello world, hello gptjax. " * 20] * 20))
     args = [a.replace("YOUR_TEXT", "my.txt") for a in command[3:]]
     quick = ["train.steps=2", "train.eval_every=2", "train.eval_batches=1", "train.progress=false",
              "train.compilation_cache_dir=", "sample.max_new_tokens=4", "data.seq_len=16"]

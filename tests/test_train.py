@@ -46,6 +46,24 @@ def test_a_run_writes_every_output_and_learns(tmp_path):
     assert (tmp_path / "sample.txt").read_text() == result["sample"] + "\n"
 
 
+def test_tensorboard_reads_what_metrics_jsonl_holds(tmp_path):
+    """`tensorboard --logdir runs` (the tensorboard extra, which `make install` includes) shows each
+    numeric field of each split at its step; text and NaN are left out."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from gptjax.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    for step, loss in ((1, 5.5), (2, 5.25)):
+        writer.write(step, "train", {"loss": loss, "lr": 1e-3, "note": "text"})
+    writer.write(2, "val", {"loss": 5.0, "perplexity": float("nan")})
+    writer.close()
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/loss"]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 5.5), (2, 5.25)]
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(2, 5.0)]
+
+
 def test_resume_20_then_40_equals_40_straight(tmp_path):
     cfg20 = tiny_experiment(steps=20, checkpoint_every=10, eval_every=10, log_every=1)
     cfg40 = dataclasses.replace(cfg20, train=dataclasses.replace(cfg20.train, steps=40))
@@ -74,8 +92,9 @@ def test_a_resume_that_stretches_the_schedule_says_so_and_elapsed_time_counts_on
     train(cfg8, tmp_path, log=lines.append)
     warning = [line for line in lines if line.startswith("warning:")]
     lr = cfg4.optim.lr
-    # Step 5 of a cosine over 8 steps, against the floor 0.1·lr the 4-step schedule had reached.
-    stretched = lr * (0.1 + 0.9 * np.sin(0.5 * np.pi * 4 / 8) ** 2)
+    # Step 5 (t = 5) of a cosine over 8 steps, 3/8 of it still ahead, against the floor 0.1·lr the 4-step
+    # schedule had reached.
+    stretched = lr * (0.1 + 0.9 * np.sin(0.5 * np.pi * 3 / 8) ** 2)
     assert len(warning) == 1 and "decays until step 8, not 4 (train.steps 4 -> 8)" in warning[0]
     assert f"step 5's learning rate is {stretched:.3g}, not the {0.1 * lr:.3g}" in warning[0]
     assert warning[0].endswith("add optim.schedule_steps=4")
