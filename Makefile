@@ -42,7 +42,7 @@ endif
 KEPT_ACCEL := $(patsubst accel=%,%,$(filter accel=%,$(INSTALLED)))
 
 .PHONY: install lock experiment sample test test-quick lint clean sweep report describe bench bench-loss bench-sweep \
-	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data FORCE
+	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data tensorboard FORCE
 
 install: $(STAMP)
 
@@ -123,6 +123,13 @@ sweep: $(STAMP)
 
 # Parameters, memory, FLOPs and step time of an experiment's model, allocating nothing:
 # make describe NAME=default ARGS='model.n_layer=48 model.n_embd=1600 model.n_head=25 --accelerator v5p'
+# The viewer for the event files every run writes; not in the lock files (nothing else needs it), so it is
+# installed here on first use, at the newest release pip finds. DIR=runs/<experiment> for one sweep.
+DIR ?= runs
+tensorboard: $(STAMP)
+	test -x $(VENV)/bin/tensorboard || $(PY) -m pip install --quiet -e '.[tensorboard]'
+	$(VENV)/bin/tensorboard --logdir $(DIR)
+
 describe: $(STAMP)
 	$(PY) -m gptjax describe $(NAME) $(ARGS)
 

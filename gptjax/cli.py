@@ -83,6 +83,17 @@ def _language_model(workdir: Path):
     return cfg
 
 
+def _tokenizer_line(cfg, tokenizer) -> str:
+    """Which tokenizer `sample` and `eval` read with, and a warning when it cannot be the model's own."""
+    line = (f"tokenizer: data.tokenizer={cfg.data.tokenizer}, {tokenizer.vocab_size:,} ids "
+            f"(the model's vocabulary: {cfg.model.vocab_size:,})")
+    if 4 * tokenizer.vocab_size < cfg.model.vocab_size:
+        # A model imported without its tokenizer.json and trained on bytes looks like this.
+        line += ("; most of the model's ids never occur, so it was likely trained with another tokenizer "
+                 "(import-hf takes the checkpoint's tokenizer.json)")
+    return line
+
+
 def _sample(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     _language_model(workdir)
@@ -97,6 +108,7 @@ def _sample(args: argparse.Namespace) -> int:
                                  ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("top_p", args.top_p)) if v is not None}
     cfg = validate(dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **changes)))
+    print(_tokenizer_line(cfg, tokenizer), file=sys.stderr)  # stdout holds the text alone
     print(sample_text(cfg, graphdef, params, tokenizer, args.seed))
     return 0
 
@@ -106,12 +118,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir)
     cfg = _language_model(workdir)
-    window = args.window or cfg.model.context
+    window = args.window or cfg.data.seq_len  # the length the model was trained on
     stride = args.stride or max(1, window // 2)
     if not 0 < window <= cfg.model.context:
         raise ConfigError(f"--window must be in [1, {cfg.model.context}] (the model's context), got {window}")
     if not 0 < stride <= window:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
     try:  # read now: a binary or unreadable file is bad input, found before the model is loaded
@@ -134,12 +148,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         docs, what = load_documents(cfg.data).val, "the validation split"
     stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
+    if args.max_tokens:  # the first N targets, and the token before them
+        stream_S, doc_S = stream_S[:args.max_tokens + 1], doc_S[:args.max_tokens + 1]
     result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
                                  window=window, stride=stride, pad_id=tokenizer.pad_id,
                                  rows=cfg.data.batch_size)
+    print(_tokenizer_line(cfg, tokenizer))
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
           f"(stride {stride}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
           f"accuracy {result['accuracy']:.3f}")
+    if not args.text:
+        # Training's validation scores the split's first eval_batches batches, windows of seq_len at stride
+        # seq_len; a window of seq_len at stride seq_len over those tokens is the same computation.
+        L, t = cfg.data.seq_len, cfg.train
+        n = min(t.eval_batches * cfg.data.batch_size * L, len(stream_S) - 1)
+        print(f"training's validation loss scored the first {n:,} tokens of the split (train.eval_batches="
+              f"{t.eval_batches} batches of {cfg.data.batch_size} rows of {L}) at window = stride = {L}; "
+              f"--window {L} --stride {L} --max-tokens {n} reproduces it")
     print(json.dumps(result))
     return 0
 
@@ -189,12 +214,19 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    from gptjax.interop import import_hf
+    from gptjax.interop import experiment_file, finetune_command, import_hf
 
-    cfg = import_hf(Path(args.hf_dir), Path(args.workdir), args.overrides)
+    workdir = Path(args.workdir)
+    cfg = import_hf(Path(args.hf_dir), workdir, args.overrides)
+    tokenizer = ("the checkpoint's tokenizer.json (data.tokenizer=hf)" if cfg.data.tokenizer == "hf" else
+                 f"data.tokenizer={cfg.data.tokenizer}, as asked (not the checkpoint's tokenizer)")
     print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
-          f"d {cfg.model.n_embd}) into {args.workdir}: parameters at step 0; the first train there "
-          f"creates the {cfg.optim.preset} optimizer state")
+          f"d {cfg.model.n_embd}, vocabulary {cfg.model.vocab_size:,}) into {workdir}: parameters at step 0, "
+          f"tokenizer {tokenizer}")
+    print(f"experiment file: {experiment_file(workdir)} (the model, with gptjax's pre-training defaults for "
+          f"the rest: data.source={cfg.data.source}, train.steps={cfg.train.steps}, {cfg.optim.preset} at "
+          f"lr {cfg.optim.lr:g}, dropout {cfg.model.dropout:g})")
+    print(f"fine-tune it on a text file:\n  {finetune_command(cfg, workdir)}")
     return 0
 
 
@@ -250,9 +282,11 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of a long text under a sliding context window")
     e.add_argument("workdir")
-    e.add_argument("--window", type=int, help="tokens of context per window (default: the model's context)")
+    e.add_argument("--window", type=int, help="tokens of context per window (default: data.seq_len, the "
+                                              "length the model was trained on)")
     e.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
     e.add_argument("--text", help="a text file to score as one document (default: the validation split)")
+    e.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
     e.set_defaults(func=_evaluate)
 
     w = sub.add_parser("sweep", help="train every variant of an experiment's get_sweep() into runs/<name>/")

@@ -121,6 +121,9 @@ class OptimConfig:
     schedule: ScheduleName = "constant"  # constant | linear | cosine | rsqrt
     warmup_steps: int = 0  # linear ramp from lr/warmup_steps to lr, for every schedule
     min_lr_ratio: float = 0.0  # floor of linear/cosine decay, as a fraction of lr
+    # The step at which linear/cosine decay ends (and AdEMAMix's T_α,β3 when -1); 0: train.steps. Set it
+    # to keep a schedule's horizon when a run is resumed with a larger train.steps.
+    schedule_steps: int = 0
     rsqrt_timescale: int = 10_000  # rsqrt: lr·sqrt(τ/max(t, τ)), flat for the first τ updates (T5: 10^4)
     grad_clip: float = 0.0  # global-norm clipping threshold; 0 disables
     decay_mask: DecayMask = "ndim>=2"  # which parameters get weight decay: ndim>=2 | all | none
@@ -406,6 +409,8 @@ def validate(cfg: Experiment) -> Experiment:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _check(o.schedule_steps >= 0,
+           f"optim.schedule_steps must be >= 0 (0: train.steps), got {o.schedule_steps}")
     _check(o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {o.grad_clip}")
     _check(o.rsqrt_timescale > 0, f"optim.rsqrt_timescale must be positive, got {o.rsqrt_timescale}")
     _check(0.0 <= o.adafactor_decay_exponent <= 1.0,

@@ -317,9 +317,9 @@ def hf_experiment(hf: dict[str, Any], name: str, tokenizer: str | None = None) -
     family = _family(hf)
     model = family.model(hf)
     if tokenizer is None:
-        # Without the checkpoint's own tokenizer: bytes for GPT-2 (256 of its ids are then used), a BPE of
-        # the model's vocabulary size for the objectives that need special tokens. Meaningful text needs
-        # the checkpoint's tokenizer.json.
+        # Without the checkpoint's own tokenizer (import_hf then insists on an explicit data.tokenizer):
+        # bytes for GPT-2 (256 of its ids are then used), a BPE of the model's vocabulary size for the
+        # objectives that need special tokens. Meaningful text needs the checkpoint's tokenizer.json.
         tokenizer = "byte" if family.objective == "causal_lm" else "bpe"
     data = DataConfig(tokenizer=tokenizer, seq_len=min(DataConfig.seq_len, model.context))
     if tokenizer == "bpe":
@@ -391,8 +391,10 @@ def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: Mode
 # step 0 in the workdir (or starts another run from it with train.init_from) with the usual overrides.
 EXPERIMENT_FILE = '''"""{name}, imported by `python -m gptjax import-hf {hf_dir} {workdir}`.
 
-    python -m gptjax train {workdir}/{name}.py --workdir {workdir} data.source=text:my.txt train.steps=500
-    python -m gptjax train {workdir}/{name}.py train.init_from={workdir} --workdir runs/{name}-finetuned
+The settings below are the checkpoint's model and gptjax's defaults for the rest (data.source=pydoc,
+train.steps=1000, the {preset} preset at a pre-training learning rate). Fine-tune it on your text:
+
+    {finetune}
 """
 
 from gptjax.config import from_dict
@@ -404,27 +406,67 @@ def get_config():
     return from_dict(CONFIG)
 '''
 
+# What a fine-tune usually changes from pre-training, per objective: a few hundred steps, warmed up and
+# decayed, at a learning rate well below the pre-training one (T5's paper fine-tunes with Adafactor at a
+# constant 1e-3 without the relative step).
+FINETUNE = {
+    "causal_lm": "train.steps=300 optim.lr=1e-4 optim.schedule=cosine optim.warmup_steps=30",
+    "mlm_nsp": "train.steps=300 optim.lr=2e-5 optim.schedule=linear optim.warmup_steps=30",
+    "span_corruption": "train.steps=300 optim.lr=1e-3 optim.adafactor_relative_step=false",
+}
+
+
+def experiment_file(workdir: Path) -> Path:
+    """The experiment file `import_hf` writes into `workdir`: `<workdir>/<workdir's name>.py`."""
+    return Path(workdir) / f"{Path(workdir).absolute().name}.py"
+
+
+def finetune_command(cfg: Experiment, workdir: Path) -> str:
+    """The command that fine-tunes the imported model in `workdir` on a text file into a new workdir."""
+    return (f"python -m gptjax train {experiment_file(workdir)} train.init_from={workdir} "
+            f"--workdir runs/{cfg.name}-finetuned data.source=text:YOUR_TEXT {FINETUNE[cfg.objective.name]}")
+
+
+def _tokenizer_override(overrides: list[str]) -> str | None:
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.tokenizer"]
+    return values[-1].strip() if values else None
+
 
 def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experiment:
     """Convert the HF model in `hf_dir` into a new gptjax workdir at step 0; returns its config.
 
-    The workdir must not exist yet (or be empty). A `tokenizer.json` in `hf_dir` is copied along.
+    The workdir must not exist yet (or be empty); the experiment is named after it and written as
+    `experiment_file(workdir)`. The checkpoint's `tokenizer.json` is copied along and used
+    (`data.tokenizer=hf`); without one, a `data.tokenizer=` override must say which tokenizer to use
+    instead, since any other tokenizer's ids mean nothing to the checkpoint's embeddings.
     """
-    hf_dir, workdir = Path(hf_dir), Path(workdir)
+    hf_dir, workdir, overrides = Path(hf_dir), Path(workdir), list(overrides)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise ConfigError(f"workdir {workdir} already exists and is not empty; import into a new one")
-    hf, tensors = read_hf_dir(hf_dir)
     has_tokenizer = (hf_dir / "tokenizer.json").is_file()
-    # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) when it has one.
-    tokenizer = "hf" if has_tokenizer else None
-    cfg = validate(apply_overrides(hf_experiment(hf, hf_dir.absolute().name, tokenizer), list(overrides)))
+    asked = _tokenizer_override(overrides)
+    if (hf_dir / "config.json").is_file() and not has_tokenizer and asked is None:
+        # Refused before any tensor is read. Another tokenizer's ids index the checkpoint's embedding
+        # rows of other tokens: training, sampling and eval run and print nonsense as if all were well.
+        raise ConfigError(f"{hf_dir} has no tokenizer.json, and the checkpoint's embeddings are indexed by "
+                          "its tokenizer's ids: put the tokenizer.json of the same Hugging Face model "
+                          "beside its config.json (tokenizers' Tokenizer.save, or AutoTokenizer's "
+                          "save_pretrained, writes one), or pass data.tokenizer=byte (or bpe) to train "
+                          "the model on another tokenizer's ids on purpose")
+    hf, tensors = read_hf_dir(hf_dir)
+    # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) unless told otherwise.
+    tokenizer = asked or ("hf" if has_tokenizer else None)
+    cfg = validate(apply_overrides(hf_experiment(hf, workdir.absolute().name, tokenizer), overrides))
+    if cfg.data.tokenizer == "hf" and not has_tokenizer:
+        raise ConfigError(f"data.tokenizer=hf needs {hf_dir / 'tokenizer.json'}, which does not exist")
     params = hf_to_params(hf, tensors, cfg.model)
     from gptjax.checkpoint import Checkpointer
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    (workdir / f"{cfg.name}.py").write_text(EXPERIMENT_FILE.format(
-        hf_dir=hf_dir, workdir=workdir, name=cfg.name, config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
+    experiment_file(workdir).write_text(EXPERIMENT_FILE.format(
+        hf_dir=hf_dir, workdir=workdir, name=cfg.name, preset=cfg.optim.preset,
+        finetune=finetune_command(cfg, workdir), config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
     if has_tokenizer:
         shutil.copyfile(hf_dir / "tokenizer.json", workdir / "tokenizer.json")
     # Parameters only: the first `train` in this workdir creates the optimizer state of its own config.

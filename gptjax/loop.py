@@ -108,6 +108,7 @@ class Trial:
     in_a_row: int = 0
     window: dict[str, float] = dataclasses.field(default_factory=dict)
     window_start: float = 0.0
+    elapsed_before: float = 0.0  # seconds the earlier processes of a resumed run took to its checkpoint
 
 
 class Progress:
@@ -186,7 +187,7 @@ class MetricsLog:
                           **{k: window[k] / n for k in ("grad_norm", "update_norm", "param_norm")},
                           skipped_steps=trial.skipped,
                           tokens_per_s=n * self.tokens_per_step / (now - trial.window_start),
-                          elapsed_s=now - self.started)
+                          elapsed_s=trial.elapsed_before + now - self.started)
             record["mfu"] = record["tokens_per_s"] * self.flops / self.peak if self.peak else None
             trial.writer.write(step, "train", record)
             if i == 0:
@@ -208,7 +209,8 @@ class Evaluation:
                  if not trial.diverged]
         for trial, trial_state in alive:
             trial.val = self.steps.evaluate(self.steps.eval_params(trial_state), self.batches)
-            trial.writer.write(step, "val", {**trial.val, "elapsed_s": time.perf_counter() - self.started})
+            trial.writer.write(step, "val", {**trial.val, "elapsed_s": trial.elapsed_before
+                                             + time.perf_counter() - self.started})
         if len(self.trials) == 1:
             val = self.trials[0].val
             self.progress.write(f"step {step:>6}  val loss {val['loss']:.4f}  perplexity "

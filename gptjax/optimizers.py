@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
@@ -123,11 +124,27 @@ SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = registry(Sc
 })
 
 
+def float32_hyperparameters(cfg: OptimConfig) -> OptimConfig:
+    """`cfg` with every float field rounded to the precision JAX computes in: float32 (as trained), or
+    float64 under `jax.enable_x64`, where nothing changes.
+
+    A vmapped group of trials holds the hyperparameters on which its trials differ as float32 arrays
+    (gptjax/trials.py); a separate run would otherwise hand optax the Python floats, and Python's
+    1 − 0.999 is not float32's (1.3e-5 apart, relative). Rounded here, both runs see the same numbers.
+    Traced values (a group's own hyperparameters) and schedules are left as they are."""
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: float(np.asarray(v, dtype)) for k, v in values.items()
+                                       if type(v) is float})
+
+
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of optax's update count c (0 for the first update): with t = c + 1,
     a linear ramp min(1, t/warmup_steps) times the schedule's shape (docs/optimizers.md, "Schedules");
-    linear and cosine reach `min_lr_ratio·lr` at t = total_steps and stay there."""
-    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, total_steps)
+    linear and cosine reach `min_lr_ratio·lr` at t = `optim.schedule_steps` (0: total_steps) and stay
+    there. Float fields are taken at JAX's float precision (`float32_hyperparameters`)."""
+    cfg = float32_hyperparameters(cfg)
+    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, cfg.schedule_steps or total_steps)
 
 
 def _weight_decay(rate: float | optax.Schedule, mask: Mask) -> optax.GradientTransformation:
@@ -252,7 +269,11 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     """The whole optax chain for `cfg`: clip the gradient's global norm to `grad_clip` (if > 0, before
     anything else, so the L2 term of adam_l2 is not clipped), then the update rule with the learning rate
     of `build_schedule(cfg, total_steps)` and weight decay on the leaves `MASKS[cfg.decay_mask]` marks
-    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
+    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none"). Float
+    hyperparameters are rounded to float32 first (`float32_hyperparameters`; float64 under x64), as a
+    vmapped group holds them, so that a trial computes the same update in a group and alone."""
+    cfg = float32_hyperparameters(cfg)
+    total_steps = cfg.schedule_steps or total_steps  # the horizon, when it is not the run's length
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
     rule = build_rule(cfg)

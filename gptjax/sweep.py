@@ -2,8 +2,9 @@
 
 An experiment file may define `get_sweep(base) -> dict[str, Experiment]`, `base` being its `get_config()`
 with the command line's overrides applied; every variant is a `dataclasses.replace` of it, built with the
-helpers here: `grid` (every combination of a few values per field), `quasi_random` (Halton or Sobol points
-in continuous ranges, log-uniform where asked) and `with_seeds`. `run_sweep` trains each variant in a
+helpers here: `grid` (every combination of a few values per field), `per_optimizer` (a grid per preset,
+over values of its own), `quasi_random` (Halton or Sobol points in continuous ranges, log-uniform where
+asked) and `with_seeds`. `run_sweep` trains each variant in a
 subprocess into `runs/<experiment>/<variant>/`, several at once with `jobs`, only every N-th with a shard
 i/N; a finished variant (its `status.json` says done) is skipped, an interrupted one resumes from its
 checkpoints (train() does that for any workdir that holds some), a failed one is recorded with its error
@@ -133,6 +134,38 @@ def with_seeds(variants: dict[str, Experiment], seeds: Sequence[int]) -> dict[st
     over, and the same seed gives every variant the same initial parameters and batches."""
     return {f"{name},seed={s}": replace_path(cfg, "train.seed", s)
             for name, cfg in variants.items() for s in seeds}
+
+
+@dataclasses.dataclass(frozen=True)
+class Times:
+    """A sweep value relative to the preset's own: `Times(10)` on "optim.lr" is ten times the preset's lr."""
+
+    factor: float
+
+
+def _field(cfg: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not hasattr(cfg, name):
+            raise ConfigError(f"sweep axis {path!r}: no field {name!r} in {type(cfg).__name__}")
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def per_optimizer(base: Experiment, spaces: dict[str, dict[str, Sequence[Any]]]) -> dict[str, Experiment]:
+    """A grid per optimizer preset over axes of its own: {"gpt2_adam": {"optim.lr": [1e-4, 1e-3]},
+    "t5_adafactor": {"optim.lr": [Times(1), Times(10)]}}, since Adam's step sizes and Adafactor's relative
+    steps share no scale. A `Times(k)` value is k times the preset's own value of that field. Each
+    variant is `apply_changes(base, {"optim.preset": preset, **point})`, named `preset=…,lr=…` by
+    `variant_name`; the preset swaps in its whole definition, as everywhere (docs/reports.md)."""
+    variants = {}
+    for preset, axes in spaces.items():
+        own = apply_changes(base, {"optim.preset": preset})
+        paths = list(axes)
+        values = [[_field(own, p) * v.factor if isinstance(v, Times) else v for v in axes[p]] for p in paths]
+        for point in itertools.product(*values):
+            changes = {"optim.preset": preset, **dict(zip(paths, point, strict=True))}
+            variants[variant_name(changes)] = apply_changes(base, changes)
+    return variants
 
 
 def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experiment, dict[str, Experiment]]:

@@ -34,7 +34,7 @@ from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import prompt_tokens, sample_text
 from gptjax.guards import StopSignals, WorkdirLock
 from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnSignal, Trainer, Trial
-from gptjax.metrics import MetricsWriter, NullWriter
+from gptjax.metrics import MetricsWriter, NullWriter, read_metrics
 from gptjax.models import abstract_model, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import RULES, build_optimizer, build_schedule
@@ -333,6 +333,36 @@ def check_workdir(workdir: Path, cfg: Experiment) -> None:
                               f"use another --workdir or remove it")
 
 
+def warn_schedule_change(workdir: Path, cfg: Experiment, log) -> None:
+    """On resume, say so when the config's schedule horizon (`optim.schedule_steps`, else `train.steps`)
+    differs from the run's so far and moves the learning rate of the next step, and how to keep it."""
+    path, at = workdir / "config.json", checkpoint_steps(workdir)
+    if not path.exists() or not at or at[-1] >= cfg.train.steps:
+        return
+    previous, start = from_dict(json.loads(path.read_text())), at[-1]
+    old_horizon = previous.optim.schedule_steps or previous.train.steps
+    new_horizon = cfg.optim.schedule_steps or cfg.train.steps
+    if old_horizon == new_horizon:
+        return
+    # Update `start` (optax's count) is the next step's; a constant schedule or a warmup gives the same.
+    old = build_schedule(previous.optim, previous.train.steps)
+    old_lr, new_lr = float(old(start)), float(build_schedule(cfg.optim, cfg.train.steps)(start))
+    if abs(new_lr - old_lr) <= 1e-6 * max(abs(old_lr), abs(new_lr)):
+        return
+    log(f"warning: {workdir}: the {cfg.optim.schedule} schedule now decays until step {new_horizon}, not "
+        f"{old_horizon} (train.steps {previous.train.steps} -> {cfg.train.steps}): step {start + 1}'s "
+        f"learning rate is {new_lr:.3g}, not the {old_lr:.3g} this run was heading for. To keep the "
+        f"schedule as it was (after step {old_horizon} the rate stays at {float(old(old_horizon - 1)):.3g}), "
+        f"add optim.schedule_steps={old_horizon}")
+
+
+def elapsed_before(workdir: Path, step: int) -> float:
+    """Seconds of training a resumed run's earlier processes recorded up to `step`, its checkpoint: the
+    last `elapsed_s` at or before it in metrics.jsonl (records past it are work the resume redoes)."""
+    return max((r["elapsed_s"] for r in read_metrics(workdir) if r["step"] <= step and "elapsed_s" in r),
+               default=0.0)
+
+
 def check_init_from(cfg: Experiment) -> None:
     """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
     source = Path(cfg.train.init_from)
@@ -344,10 +374,20 @@ def check_init_from(cfg: Experiment) -> None:
     if not checkpoint_steps(source):  # import-hf writes step 0
         raise ConfigError(f"train.init_from {source} has no checkpoint yet")
     previous = from_dict(json.loads((source / "config.json").read_text()))
-    if previous.model.family != cfg.model.family or previous.data.tokenizer != cfg.data.tokenizer:
-        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
-                          f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
-                          f"{cfg.data.tokenizer}")
+    if previous.model.family != cfg.model.family:
+        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model, this run builds "
+                          f"a {cfg.model.family} one; start from a {cfg.model.family} workdir, or use an "
+                          f"experiment of the {previous.model.family} family (e.g. the experiment file "
+                          f"import-hf wrote into {source})")
+    if previous.data.tokenizer != cfg.data.tokenizer:
+        # Its embedding rows belong to its tokenizer's ids: another tokenizer's ids would pick wrong rows.
+        vocab = (f" data.tokenizer_vocab={previous.data.tokenizer_vocab}"
+                 if previous.data.tokenizer == "bpe" else "")
+        was, now = previous.data.tokenizer, cfg.data.tokenizer
+        raise ConfigError(f"train.init_from {source} was trained with data.tokenizer={was}, this run has "
+                          f"data.tokenizer={now}; its embeddings are indexed by that tokenizer's ids, so add "
+                          f"data.tokenizer={was}{vocab} (its {source / 'tokenizer.json'} is then used, where "
+                          f"it has one)")
 
 
 def merge_init_from(params, source: Path):
@@ -432,6 +472,8 @@ def train_trials(trials: dict[Path, Experiment], *, log=print, execution: str = 
     steps = build_steps(*cfgs)
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
         check_workdir(workdir, cfg)
+        if jax.process_index() == 0:
+            warn_schedule_change(workdir, cfg, log)
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the locks and writes configs, metrics and samples.
     lead = jax.process_index() == 0
@@ -505,6 +547,8 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, exec
     for trial in trials:  # a torn last line, or records past a resumed step, would be read twice
         if note := trial.writer.resume(start):
             log(note)
+    for trial in trials if start else ():
+        trial.elapsed_before = elapsed_before(trial.workdir, start)  # elapsed_s counts on from there
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
     trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
                       end=t.steps)

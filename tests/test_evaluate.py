@@ -82,6 +82,23 @@ def test_eval_command(workdir, capsys, tmp_path):
     assert main(["eval", str(workdir), "--window", "16", "--stride", "17"]) == 2
 
 
+def test_eval_defaults_to_the_trained_length_and_says_how_to_reproduce_validation(workdir, capsys):
+    """The default window is data.seq_len (32 here; the model's context is 64), and the flags the command
+    prints score what training's validation scored: the same loss."""
+    assert main(["eval", str(workdir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("tokenizer: data.tokenizer=byte, 258 ids")
+    result = json.loads(lines[-1])
+    assert (result["window"], result["stride"]) == (32, 16)
+    flags = lines[-2].split("--window")[1].split(" reproduces")[0]
+    assert flags.endswith("--stride 32 --max-tokens 1024")  # 4 batches of 8 rows of 32
+    assert main(["eval", str(workdir), "--window", *flags.split()]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    val = [r for r in read_metrics(workdir) if r["split"] == "val"][-1]
+    assert result["tokens"] == val["tokens"] == 1024
+    assert result["loss"] == pytest.approx(val["ce"], rel=1e-5)
+
+
 @pytest.mark.parametrize("command", [["eval", "--window", "16"], ["sample", "--max-new-tokens", "4"]])
 def test_a_closed_pipe_ends_the_command_quietly(workdir, command):
     """`python -m gptjax eval … | head -1` or `sample … | true`: the reader is gone before the output is
