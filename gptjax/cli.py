@@ -83,22 +83,42 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
+    if args.text and args.store:
+        raise ConfigError("give --text or --store, not both")
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
-    from gptjax.evaluate import windowed_perplexity
+    from gptjax.evaluate import streamed_perplexity, windowed_perplexity
     from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
+    store = args.store or (cfg.data.source.removeprefix("store:")
+                           if cfg.data.source.startswith("store:") and not args.text else None)
+    if store:  # checked before the model is loaded: a store of another tokenizer costs nothing
+        from gptjax.data.store import TokenStore, run_tokenizer
+
+        opened = TokenStore(Path(store))
+        run_tokenizer(cfg.data, opened, workdir / "tokenizer.json")
     cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
-    if args.text:
-        docs, what = [Path(args.text).read_text()], args.text
+    options = {"window": window, "stride": stride, "pad_id": tokenizer.pad_id, "rows": cfg.data.batch_size}
+    if store:
+        # The store's validation split, read a batch of windows at a time: memory does not grow with it.
+        split, what = opened.splits["val"], f"the validation split of store {store}"
+        mask = cfg.data.document_mask
+
+        def read(a, b):
+            tokens, docs = split.read(a, b)
+            return tokens, docs + 1 if mask else None  # +1: text before the first document start is one
+
+        result = streamed_perplexity(evaluate, params, read, split.n_tokens, **options)
     else:
-        docs, what = load_documents(cfg.data).val, "the validation split"
-    stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
-    result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
-                                 window=window, stride=stride, pad_id=tokenizer.pad_id,
-                                 rows=cfg.data.batch_size)
+        if args.text:
+            docs, what = [Path(args.text).read_text()], args.text
+        else:
+            docs, what = load_documents(cfg.data).val, "the validation split"
+        stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
+        result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
+                                     **options)
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
           f"(stride {stride}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
           f"accuracy {result['accuracy']:.3f}")
@@ -194,6 +214,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--window", type=int, help="tokens of context per window (default: the model's context)")
     e.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
     e.add_argument("--text", help="a text file to score as one document (default: the validation split)")
+    e.add_argument("--store", help="a token store whose validation split to score, streamed (default for a "
+                   "run trained on data.source=store:PATH: that store)")
     e.set_defaults(func=_evaluate)
 
     w = sub.add_parser("sweep", help="train every variant of an experiment's get_sweep() into runs/<name>/")
