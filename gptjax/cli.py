@@ -71,6 +71,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     workdir = Path(args.workdir)
@@ -87,16 +88,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("give --text or --store, not both")
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
+    from gptjax.data.store import open_store, read_by_store
     from gptjax.evaluate import streamed_perplexity, windowed_perplexity
     from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
-    store = args.store or (cfg.data.source.removeprefix("store:")
-                           if cfg.data.source.startswith("store:") and not args.text else None)
-    if store:  # checked before the model is loaded: a store of another tokenizer costs nothing
-        from gptjax.data.store import TokenStore, run_tokenizer
-
-        opened = TokenStore(Path(store))
-        run_tokenizer(cfg.data, opened, workdir / "tokenizer.json")
+    store = None
+    if args.store or (read_by_store(cfg.data.source) and not args.text):
+        # Opened before the model is loaded: a store of another tokenizer costs nothing. A text source is
+        # the store it was prepared into (the same cached one training used).
+        data_cfg = dataclasses.replace(cfg.data, source=f"store:{args.store}") if args.store else cfg.data
+        opened, _ = open_store(data_cfg, workdir / "tokenizer.json")
+        store = args.store or str(opened.path)
     cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)

@@ -36,7 +36,7 @@ def build_data(cfg: DataConfig, seed: int) -> LMData:
     """
     if cfg.tokenizer not in TOKENIZERS:
         build_tokenizer(cfg)  # the one-line error, before the source is read
-    if cfg.source.startswith("store:"):
+    if cfg.source.startswith(("store:", "text:")):  # a text source through a cached store, as in training
         from gptjax.data.store import store_data
 
         return store_data(cfg, seed)

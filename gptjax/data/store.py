@@ -405,7 +405,29 @@ def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tok
     return tokenizer
 
 
+def read_by_store(source: str) -> bool:
+    """Whether `data.source` is read through a token store: `store:PATH`, and `text:PATH`, prepared on
+    the fly into a cached one (`prepare.prepared_text`)."""
+    return source.startswith(("store:", "text:"))
+
+
+def open_store(cfg: DataConfig, tokenizer_cache: Path | None = None) -> tuple[TokenStore, Tokenizer]:
+    """The store of `cfg.source` (a `text:` source prepared on first use, with the workdir's tokenizer
+    when it has one) and the run's tokenizer, which must be the store's; ConfigError (one line)."""
+    if cfg.source.startswith("text:"):
+        from gptjax.data.prepare import prepared_text
+
+        given = tokenizer_cache if cfg.tokenizer != "byte" and tokenizer_cache is not None \
+            and Path(tokenizer_cache).exists() else None
+        path = prepared_text(cfg, given)
+    else:
+        path = Path(cfg.source.removeprefix("store:"))
+    store = TokenStore(path)
+    return store, run_tokenizer(cfg, store, tokenizer_cache)
+
+
 def store_data(cfg: DataConfig, seed: int, tokenizer_cache: Path | None = None) -> StoreData:
-    """`data.source=store:PATH` opened for a causal-LM run; ConfigError (one line) on any mismatch."""
-    store = TokenStore(Path(cfg.source.removeprefix("store:")))
-    return StoreData(cfg, seed, store, run_tokenizer(cfg, store, tokenizer_cache))
+    """`data.source=store:PATH` (or `text:PATH`) opened for a causal-LM run; ConfigError (one line) on any
+    mismatch."""
+    store, tokenizer = open_store(cfg, tokenizer_cache)
+    return StoreData(cfg, seed, store, tokenizer)

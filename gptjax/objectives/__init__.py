@@ -27,6 +27,7 @@ from gptjax.data.classify import ClassifyData
 from gptjax.data.lm import LMData
 from gptjax.data.masked import MaskedData
 from gptjax.data.spans import SpanData
+from gptjax.data.store import read_by_store
 from gptjax.objectives import causal_lm, gpt1_finetune, mlm, span_corruption
 from gptjax.objectives.causal_lm import causal_lm_loss
 
@@ -59,11 +60,11 @@ def build_objective_data(cfg, tokenizer_cache: Path | None = None):
     `tokenizer_cache` when that file exists or else trained on the training split (not saved here: the
     caller saves it once it holds the workdir), batches ready. ConfigError (one line) on bad input."""
     objective = OBJECTIVES[cfg.objective.name]
-    if cfg.data.source.startswith("store:"):  # a prepared token store (unlabelled: config.validate checks)
-        from gptjax.data.store import StoreData, TokenStore, run_tokenizer
+    if read_by_store(cfg.data.source) and not objective.labelled:
+        # A token store, or a text source prepared into a cached one (a labelled objective refuses text:).
+        from gptjax.data.store import StoreData, open_store
 
-        store = TokenStore(Path(cfg.data.source.removeprefix("store:")))
-        tokenizer = run_tokenizer(cfg.data, store, tokenizer_cache)
+        store, tokenizer = open_store(cfg.data, tokenizer_cache)
         if cfg.objective.name == "causal_lm":
             return StoreData(cfg.data, cfg.train.seed, store, tokenizer)
         return objective.data(cfg, cfg.train.seed, tokenizer, store)
