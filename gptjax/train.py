@@ -487,7 +487,7 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> d
     started = time.perf_counter()
     metrics = MetricsLog(steps, trials, summarize=OBJECTIVES[cfg.objective.name].summarize,
                          tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, flops_per_token=model_flops,
-                         peak_flops=peak, progress=progress, started=started)
+                         peak_flops=peak, progress=progress, started=started, data_wait=trainer.data_wait)
     trainer.add_hook(metrics.accumulate, every=1, needs="metrics")
     trainer.add_hook(metrics.write, every=t.log_every, needs="metrics")
     trainer.add_hook(progress.tick, every=1)
