@@ -463,12 +463,23 @@ def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     return steps.stack(separate), start
 
 
+def host_batches(data, mesh: Mesh, batch_size: int):
+    """index → the global training batch on the mesh, of which this process reads only the rows its
+    devices hold (`train_batch(index, rows)`): host i of N reads its own share of a store."""
+    from gptjax.data.store import addressable_rows, put_rows
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    rows = addressable_rows(batch_sharding, batch_size)
+    if len(rows) == batch_size:  # one process (or every row here): the whole batch, as always
+        return lambda index: sharding.put_batch(data.train_batch(index), mesh)
+    return lambda index: put_rows(data.train_batch(index, rows=rows), rows, batch_sharding, batch_size)
+
+
 def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> dict[Path, dict[str, Any]]:
     cfg, t = steps.cfg, steps.cfg.train
     state, start = _restore(steps, trials, log)
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
-    trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
-                      end=t.steps)
+    trainer = Trainer(steps.step, host_batches(data, steps.mesh, cfg.data.batch_size), end=t.steps)
     compile_s = trainer.compile(state, val_batches[0])  # ahead of time, to report its cost
     log(f"{'vmapped ' if len(trials) > 1 else ''}train step compiled in {compile_s:.1f} s")
     model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)

@@ -335,6 +335,26 @@ def addressable_rows(sharding, batch_size: int) -> np.ndarray:
     return np.array(sorted(rows), dtype=np.int64)
 
 
+def put_rows(batch, rows, sharding, batch_size: int):
+    """Global jax arrays of a batch sharded by `sharding` (over its leading axis) from only the rows
+    `rows` of it that this process holds (`addressable_rows`, in that order): each process hands over
+    its own rows and no process ever holds the whole global batch."""
+    import jax
+
+    position = {int(r): k for k, r in enumerate(rows)}
+
+    def put(x):
+        x = np.asarray(x)
+
+        def local(index):
+            mine = [position[r] for r in range(*index[0].indices(batch_size))]
+            return x[mine][(slice(None), *index[1:])]
+
+        return jax.make_array_from_callback((batch_size, *x.shape[1:]), sharding, local)
+
+    return jax.tree_util.tree_map(put, batch)
+
+
 class StoreData:
     """Causal-LM data read from a token store: the interface of `LMData` (train_batch, val_batches,
     val_tokens, tokenizer, windows_per_epoch), in memory and start-up time independent of the corpus."""
