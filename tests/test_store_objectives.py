@@ -1,6 +1,8 @@
 """Every unlabelled objective from a token store, and evaluation streamed from one: against the in-memory
 pipeline on the same text (pydoc prepared with the in-memory run's tokenizer) and plain-NumPy checks."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,20 @@ def test_streamed_windows_are_the_whole_streams_windows_read_in_bounded_pieces()
     assert sum(float(p.weights.sum()) for p in pieces) == len(stream) - 1
     padded = pieces[-1]
     assert padded.weights[len(whole.inputs) % 8:].sum() == 0
+
+
+@pytest.mark.slow
+def test_bert_trains_from_a_text_source_through_its_cached_store(tmp_path):
+    from gptjax.metrics import read_metrics
+    from gptjax.train import train
+    from tests.test_train_objectives import tiny
+
+    text = tmp_path / "corpus.txt"
+    topics = load_documents(DataConfig(source="pydoc")).train[:40]
+    text.write_text("\n\n".join(topics))
+    cfg = tiny("mlm_nsp", steps=3, eval_every=3, log_every=1, checkpoint_every=3)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=f"text:{text}",
+                                                            text_split="\\n\\n"))
+    result = train(cfg, tmp_path / "w", log=lambda *_: None)
+    assert all(np.isfinite(result["val"][part]) for part in ("mlm", "nsp", "nsp_accuracy"))
+    assert len([r for r in read_metrics(tmp_path / "w") if r["split"] == "train"]) == 3
