@@ -7,7 +7,9 @@ queued, so the host never waits on the device; `"state"` hooks (evaluation, chec
 right after the step, once the metrics up to it have gone to their hooks; other hooks (progress, the
 stop signal) run right after the step. A hook stops the run with `request_stop`: the hooks due at that
 step still run, then those registered `on_stop` (the checkpoint), then the stop's exception is raised,
-so a run stopped at step N leaves on disk what a run that finished step N leaves.
+so a run stopped at step N leaves on disk what a run that finished step N leaves. The batches come from
+a background thread that makes them two steps ahead (`Prefetch`), so the device does not wait on the host
+either; how long the loop did wait is logged as `data_wait_s`.
 """
 
 from __future__ import annotations
