@@ -114,6 +114,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     workdir = Path(args.workdir)
@@ -128,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.text and not Path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
+    if args.text and args.store:
+        raise ConfigError("give --text or --store, not both")
     try:  # read now: a binary or unreadable file is bad input, found before the model is loaded
         text = Path(args.text).read_text() if args.text else None
     except UnicodeDecodeError as e:
@@ -137,22 +140,42 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--text {args.text} cannot be read: {e.strerror}") from None
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
-    from gptjax.evaluate import windowed_perplexity
+    from gptjax.data.store import open_store, read_by_store
+    from gptjax.evaluate import streamed_perplexity, windowed_perplexity
     from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
+    store = None
+    if args.store or (read_by_store(cfg.data.source) and not args.text):
+        # Opened before the model is loaded: a store of another tokenizer costs nothing. A text source is
+        # the store it was prepared into (the same cached one training used).
+        data_cfg = dataclasses.replace(cfg.data, source=f"store:{args.store}") if args.store else cfg.data
+        opened, _ = open_store(data_cfg, workdir / "tokenizer.json")
+        store = args.store or str(opened.path)
     cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
-    if args.text:
-        docs, what = [text], args.text
+    options = {"window": window, "stride": stride, "pad_id": tokenizer.pad_id, "rows": cfg.data.batch_size}
+    if store:
+        # The store's validation split, read a batch of windows at a time: memory does not grow with it.
+        split, what = opened.splits["val"], f"the validation split of store {store}"
+        mask = cfg.data.document_mask
+
+        def read(a, b):
+            tokens, docs = split.read(a, b)
+            return tokens, docs + 1 if mask else None  # +1: text before the first document start is one
+
+        n_tokens = min(split.n_tokens, args.max_tokens + 1) if args.max_tokens else split.n_tokens
+        result = streamed_perplexity(evaluate, params, read, n_tokens, **options)
     else:
-        docs, what = load_documents(cfg.data).val, "the validation split"
-    stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
-    if args.max_tokens:  # the first N targets, and the token before them
-        stream_S, doc_S = stream_S[:args.max_tokens + 1], doc_S[:args.max_tokens + 1]
-    result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
-                                 window=window, stride=stride, pad_id=tokenizer.pad_id,
-                                 rows=cfg.data.batch_size)
+        if args.text:
+            docs, what = [text], args.text
+        else:
+            docs, what = load_documents(cfg.data).val, "the validation split"
+        stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
+        if args.max_tokens:  # the first N targets, and the token before them
+            stream_S, doc_S = stream_S[:args.max_tokens + 1], doc_S[:args.max_tokens + 1]
+        result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
+                                     **options)
     print(_tokenizer_line(cfg, tokenizer))
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
           f"(stride {stride}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
@@ -287,6 +310,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
     e.add_argument("--text", help="a text file to score as one document (default: the validation split)")
     e.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
+    e.add_argument("--store", help="a token store whose validation split to score, streamed (default for a "
+                   "run trained on data.source=store:PATH: that store)")
     e.set_defaults(func=_evaluate)
 
     w = sub.add_parser("sweep", help="train every variant of an experiment's get_sweep() into runs/<name>/")

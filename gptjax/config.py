@@ -389,8 +389,9 @@ def validate(cfg: Experiment) -> Experiment:
     _one_of("data.tokenizer", d.tokenizer, TokenizerKind)
     _check(re.fullmatch(r"pydoc|text:.+|tfds:.+|store:.+", d.source) is not None,
            f"unknown data.source {d.source!r}; use pydoc, text:PATH, tfds:NAME or store:PATH")
-    _check(not d.source.startswith("store:") or cfg.objective.name == "causal_lm",
-           f"data.source=store:... feeds objective causal_lm only so far, not {cfg.objective.name}")
+    _check(not d.source.startswith("store:") or cfg.objective.name != "gpt1_finetune",
+           "data.source=store:... holds unlabelled text; objective gpt1_finetune needs labelled examples "
+           "(pydoc or tfds:NAME)")
     _check(d.seq_len >= 2, f"data.seq_len must be at least 2 tokens, got {d.seq_len}")
     _check(d.seq_len <= m.context,
            f"data.seq_len ({d.seq_len}) is longer than the model's context ({m.context})")

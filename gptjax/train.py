@@ -540,6 +540,18 @@ def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     return steps.stack(separate), start
 
 
+def host_batches(data, mesh: Mesh, batch_size: int):
+    """index → the global training batch on the mesh, of which this process reads only the rows its
+    devices hold (`train_batch(index, rows)`): host i of N reads its own share of a store."""
+    from gptjax.data.store import addressable_rows, put_rows
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    rows = addressable_rows(batch_sharding, batch_size)
+    if len(rows) == batch_size:  # one process (or every row here): the whole batch, as always
+        return lambda index: sharding.put_batch(data.train_batch(index), mesh)
+    return lambda index: put_rows(data.train_batch(index, rows=rows), rows, batch_sharding, batch_size)
+
+
 def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, execution: str
            ) -> dict[Path, dict[str, Any]]:
     cfg, t = steps.cfg, steps.cfg.train
@@ -550,8 +562,7 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, exec
     for trial in trials if start else ():
         trial.elapsed_before = elapsed_before(trial.workdir, start)  # elapsed_s counts on from there
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
-    trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
-                      end=t.steps)
+    trainer = Trainer(steps.step, host_batches(data, steps.mesh, cfg.data.batch_size), end=t.steps)
     compile_s = trainer.compile(state, val_batches[0])  # ahead of time, to report its cost
     log(f"{'vmapped ' if len(trials) > 1 else ''}train step compiled in {compile_s:.1f} s")
     model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
@@ -576,7 +587,7 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, exec
     started = time.perf_counter()
     metrics = MetricsLog(steps, trials, summarize=OBJECTIVES[cfg.objective.name].summarize,
                          tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, flops_per_token=model_flops,
-                         peak_flops=peak, progress=progress, started=started)
+                         peak_flops=peak, progress=progress, started=started, data_wait=trainer.data_wait)
     trainer.add_hook(metrics.accumulate, every=1, needs="metrics")
     trainer.add_hook(metrics.write, every=t.log_every, needs="metrics")
     trainer.add_hook(progress.tick, every=1)

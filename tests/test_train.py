@@ -41,6 +41,7 @@ def test_a_run_writes_every_output_and_learns(tmp_path):
     assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
     for key in ("loss", "perplexity", "lr", "tokens_per_s", "elapsed_s", "accuracy", "grad_norm"):
         assert key in train_records[0]
+    assert all(r["data_wait_s"] >= 0 for r in train_records)  # measured by the prefetch test below
     assert train_records[0]["perplexity"] == pytest.approx(np.exp(train_records[0]["loss"]))
     assert all(r["tokens"] == 5 * 8 * 32 for r in train_records)  # sums over the 5 steps of a window
     last = train_records[-1]
@@ -273,3 +274,41 @@ def test_a_parameters_only_checkpoint_trains_on_with_a_fresh_optimizer(tmp_path)
     for a, b in zip(jax.tree_util.tree_leaves(_params(tmp_path / "imported")),
                     jax.tree_util.tree_leaves(_params(tmp_path / "straight")), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_prefetch_hands_out_batches_in_order_measures_the_wait_and_raises_errors_at_their_step():
+    import threading
+    import time
+
+    from gptjax.loop import Prefetch
+
+    made = []
+
+    def make(i):
+        made.append(i)
+        if i == 7:
+            raise ValueError("bad shard at 7")
+        return i * i
+
+    batches = Prefetch(make, 3, 10, depth=2)
+    deadline = time.monotonic() + 10
+    while len(made) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert made == [3, 4, 5]  # the queue holds 2 ahead, the thread blocks holding the third
+    assert [batches.get(i) for i in (3, 4, 5, 6)] == [9, 16, 25, 36]
+    with pytest.raises(ValueError, match="bad shard at 7"):
+        batches.get(7)
+    batches.close()
+
+    slow = Prefetch(lambda i: time.sleep(0.3) or i, 0, 3, depth=2)
+    assert [slow.get(i) for i in range(3)] == [0, 1, 2]
+    assert all(slow.waited[i] > 0.2 for i in range(3))  # the loop waited for every batch
+    slow.close()
+    fast = Prefetch(lambda i: i, 0, 3, depth=4)
+    time.sleep(0.3)
+    assert [fast.get(i) for i in range(3)] == [0, 1, 2] and max(fast.waited.values()) < 0.1
+    fast.close()
+    blocked = Prefetch(lambda i: i, 0, 100, depth=1)  # closed while its thread waits on a full queue
+    blocked.close()
+    assert not any(t.name == "gptjax-prefetch" and t.is_alive() for t in threading.enumerate())
