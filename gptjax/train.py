@@ -26,8 +26,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gptjax import sharding
-from gptjax.checkpoint import Checkpointer, checkpoint_steps, restore_params
-from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
+from gptjax.checkpoint import Checkpointer, StateMismatchError, checkpoint_steps, restore_params
+from gptjax.config import ConfigError, Experiment, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import prompt_tokens, sample_text
@@ -38,6 +38,7 @@ from gptjax.models import abstract_params, build_model, count_params, split_para
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule
 from gptjax.trials import Layout, injected_optimizer, varying_fields
+from gptjax.workdir import check_init_from, check_memory, check_resume
 
 
 @flax.struct.dataclass
@@ -291,36 +292,6 @@ def build_steps(*cfgs: Experiment) -> Steps:
         n_params=count_params(abstract), param_bytes=tree_bytes(abstract))
 
 
-def check_workdir(workdir: Path, cfg: Experiment) -> None:
-    """Refuse to continue a run of a different model in the same workdir (before anything is written)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    previous = from_dict(json.loads(path.read_text()))
-    for field in dataclasses.fields(cfg.model):
-        old, new = getattr(previous.model, field.name), getattr(cfg.model, field.name)
-        if old != new and field.name not in ("dropout", "attention", "dtype"):
-            raise ConfigError(f"{workdir} holds a run with model.{field.name}={old}, not {new}; "
-                              f"use another --workdir or remove it")
-
-
-def check_init_from(cfg: Experiment) -> None:
-    """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
-    source = Path(cfg.train.init_from)
-    if not (source / "config.json").exists():
-        hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
-                and source.name in known_experiments() else "")
-        raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
-                          f"train that run first{hint}")
-    if not checkpoint_steps(source):  # import-hf writes step 0
-        raise ConfigError(f"train.init_from {source} has no checkpoint yet")
-    previous = from_dict(json.loads((source / "config.json").read_text()))
-    if previous.model.family != cfg.model.family or previous.data.tokenizer != cfg.data.tokenizer:
-        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
-                          f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
-                          f"{cfg.data.tokenizer}")
-
-
 def merge_init_from(params, source: Path):
     """`params` with every parameter the run in `source` also has replaced by that run's value.
 
@@ -383,7 +354,7 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
             raise ConfigError("vmapped trials start from one initialisation; train.init_from runs train "
                               "alone")
     if cfgs[0].train.init_from:
-        check_init_from(cfgs[0])
+        check_init_from(cfgs[0], None)  # a workdir of this family and tokenizer; its shapes once resolved
     # A trained tokenizer (bpe) is the same for every trial, and for the run init_from starts from.
     saved = [Path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
     data = build_objective_data(cfgs[0], next((p for p in saved if p.exists()), saved[0]))
@@ -396,8 +367,16 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     cfgs = [resolve(c, data.tokenizer.vocab_size, getattr(data, "n_classes", 0)) for c in cfgs]
     steps = build_steps(*cfgs)
+    # Everything that can be found from shapes is found here, before the workdirs are touched.
+    if cfgs[0].train.init_from:
+        check_init_from(steps.cfg, steps.abstract_params)
+    check_memory(steps.cfg, steps.mesh, steps.param_bytes,
+                 max(steps.opt_state_bytes(i) for i in range(len(cfgs))), trials=len(cfgs))
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
-        check_workdir(workdir, cfg)
+        changes = check_resume(workdir, cfg, steps.abstract_params)
+        if changes:
+            log(f"{workdir}: resuming with "
+                + ", ".join(f"{k}={old} → {new}" for k, (old, new) in changes.items()))
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the locks and writes configs, metrics and samples.
     lead = jax.process_index() == 0
@@ -426,9 +405,30 @@ def _train_locked(steps: Steps, data, workdirs: list[Path], stop: StopSignals, l
             trial.writer.close()
 
 
+def _restore_trial(trial: Trial, abstract_params, abstract_opt_state, log):
+    """(items, meta) of a trial's latest checkpoint, or None; with train.reset_optimizer, the parameters
+    alone (a fresh optimizer state follows) while the checkpoint's optimizer differs from the config's."""
+    cfg, checkpointer = trial.cfg, trial.checkpointer
+    full = {"params": abstract_params, "opt_state": abstract_opt_state}
+    if not cfg.train.reset_optimizer:
+        return checkpointer.restore_latest(full, warn=log)
+    try:
+        restored = checkpointer.restore_latest(full, warn=log)
+        saved = restored and restored[1].get("optim")
+        if restored is None or "opt_state" not in restored[0] or saved == dataclasses.asdict(cfg.optim):
+            return restored
+    except StateMismatchError:
+        saved = None
+    items, meta = checkpointer.restore_latest({"params": abstract_params}, warn=log)
+    log(f"{cfg.name}: train.reset_optimizer: parameters of step {meta['step']} kept, a fresh "
+        f"{cfg.optim.preset} optimizer state (the checkpoint's was "
+        f"{saved['preset'] if saved else 'of another structure or unrecorded'})")
+    return items, meta
+
+
 def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     """The loop's state at the trials' latest checkpoint, or at step 0 (init_from's parameters if set)."""
-    restored = [t.checkpointer.restore_latest({"params": steps.abstract_params, "opt_state": opt}, warn=log)
+    restored = [_restore_trial(t, steps.abstract_params, opt, log)
                 for t, opt in zip(trials, steps.abstract_opt_states, strict=True)]
     at = {0 if r is None else r[1]["step"] for r in restored}
     if len(at) > 1:
