@@ -375,8 +375,8 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
         changes = check_resume(workdir, cfg, steps.abstract_params)
         if changes:
-            log(f"{workdir}: resuming with "
-                + ", ".join(f"{k}={old} → {new}" for k, (old, new) in changes.items()))
+            log(f"{workdir}: resuming with changed fields: "
+                + ", ".join(f"{k} {old} → {new}" for k, (old, new) in changes.items()))
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the locks and writes configs, metrics and samples.
     lead = jax.process_index() == 0
@@ -412,17 +412,15 @@ def _restore_trial(trial: Trial, abstract_params, abstract_opt_state, log):
     full = {"params": abstract_params, "opt_state": abstract_opt_state}
     if not cfg.train.reset_optimizer:
         return checkpointer.restore_latest(full, warn=log)
-    try:
+    with contextlib.suppress(StateMismatchError):  # the other optimizer's state: reset below
         restored = checkpointer.restore_latest(full, warn=log)
-        saved = restored and restored[1].get("optim")
-        if restored is None or "opt_state" not in restored[0] or saved == dataclasses.asdict(cfg.optim):
+        if (restored is None or "opt_state" not in restored[0]
+                or restored[1].get("optim") == dataclasses.asdict(cfg.optim)):
             return restored
-    except StateMismatchError:
-        saved = None
     items, meta = checkpointer.restore_latest({"params": abstract_params}, warn=log)
+    saved = meta.get("optim", {}).get("preset", "unrecorded")
     log(f"{cfg.name}: train.reset_optimizer: parameters of step {meta['step']} kept, a fresh "
-        f"{cfg.optim.preset} optimizer state (the checkpoint's was "
-        f"{saved['preset'] if saved else 'of another structure or unrecorded'})")
+        f"{cfg.optim.preset} optimizer state (the checkpoint's was {saved})")
     return items, meta
 
 

@@ -23,7 +23,7 @@ from gptjax.config import ConfigError, Experiment, from_dict, validate
 # records and checkpoints are written, where the run is placed and how it is compiled. Changing them
 # on resume is routine (train.steps=… to train longer).
 RESUMABLE = (
-    "name", "train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
+    "train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite_steps", "train.progress",
     "train.compilation_cache_dir", "train.distributed", "train.coordinator_address", "train.num_processes",
     "train.process_id", "train.data_parallel", "train.fsdp", "train.grad_accum", "train.init_from",
@@ -73,9 +73,9 @@ def _flat(cfg: Experiment) -> dict[str, Any]:
 
 
 def changed_fields(old: Experiment, new: Experiment) -> dict[str, tuple[Any, Any]]:
-    """{dotted field: (old, new)} of every field that differs."""
+    """{dotted field: (old, new)} of every config field that differs (the experiment's name aside)."""
     a, b = _flat(old), _flat(new)
-    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v and k != "name"}
 
 
 def _opt_state_difference(old: Experiment, new: Experiment, abstract_params) -> bool:
