@@ -127,6 +127,32 @@ def _structure_difference(step_dir: Path, item: str, abstract: Any) -> str:
     return ""
 
 
+def _from_orbax(unraisable) -> bool:
+    """Whether an unraisable error is the debris of an orbax read that failed: "Event loop is closed"
+    posted by tensorstore's threads to the asyncio loop orbax closed, or a read coroutine of orbax's
+    closed with its error still pending."""
+    error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_failed_reads() -> None:
+    """Drop the ignored-exception tracebacks a failed orbax read leaves behind (`_from_orbax`); they
+    would print after the warning that already says what failed. Every other one goes to the hook
+    that was there before. Installed when a Checkpointer is made."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_debris", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _from_orbax(unraisable):
+            previous(unraisable)
+
+    hook.drops_orbax_debris = True
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     def __init__(self, directory: Path, keep: int, *, writer: bool = True, warn=None):
         """`writer`: this process holds the workdir's lock (creates the directory, saves, hashes, deletes
@@ -136,15 +162,17 @@ class Checkpointer:
         import orbax.checkpoint as ocp  # here, not at the top: `checkpoint_step` must stay JAX-free
 
         self._ocp = ocp
+        _quiet_failed_reads()
         self.writer = writer
         self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.directory = Path(directory).absolute()
         self._saving: int | None = None
-        hashes = writer and jax.process_index() == 0
-        async_options = ocp.AsyncOptions(post_finalization_callback=self._seal) if hashes else None
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep if writer else None, create=writer,
-                                               async_options=async_options)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = None
+        if writer:  # a reader has no manager: orbax's would list (and stat) steps a live run is deleting
+            lead = jax.process_index() == 0
+            seal = ocp.AsyncOptions(post_finalization_callback=self._seal) if lead else None
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, async_options=seal)
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _seal(self) -> None:
         """Orbax calls this once a step's files are complete, before renaming its temporary directory:
@@ -169,10 +197,12 @@ class Checkpointer:
     def restore(self, step: int, abstract: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The items of `abstract` that step `step` holds (a parameters-only checkpoint has no
         `opt_state`), restored against those abstract trees, and its meta record; unverified."""
-        args = self._ocp.args
-        present = {k: v for k, v in abstract.items() if (self.directory / str(step) / k).is_dir()}
-        restored = self.manager.restore(step, args=args.Composite(
-            **{k: args.StandardRestore(v) for k, v in present.items()}, meta=args.JsonRestore()))
+        ocp, args = self._ocp, self._ocp.args
+        step_dir = self.directory / str(step)
+        present = {k: v for k, v in abstract.items() if (step_dir / k).is_dir()}
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(step_dir, args=args.Composite(
+                **{k: args.StandardRestore(v) for k, v in present.items()}, meta=args.JsonRestore()))
         return {k: restored[k] for k in present}, restored.meta
 
     def _check(self, step: int, abstract: dict[str, Any]) -> str:
@@ -212,7 +242,7 @@ class Checkpointer:
         """
         warn = warn or self.warn
         skipped: set[int] = set()
-        for _ in range(100):  # a live trainer with keep_checkpoints=1 can replace the newest under a reader
+        for _ in range(1000):  # a live run with keep_checkpoints=1 replaces the newest under a reader
             steps = [s for s in self._steps() if s not in skipped]
             if not steps:
                 return None
@@ -222,17 +252,13 @@ class Checkpointer:
                 problem = self._check(step, abstract)
                 if not problem:
                     try:
-                        items, meta = self.restore(step, abstract)
-                        return items, meta
+                        return self.restore(step, abstract)
                     except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                        if not step_dir.is_dir():
-                            raise FileNotFoundError(step_dir) from None
                         problem = f"{type(e).__name__} while restoring"
             except FileNotFoundError:
-                if step_dir.is_dir():
-                    problem = "a file is missing"
-                else:
-                    continue  # deleted by the run that holds the workdir; a newer step exists
+                problem = "a file is missing"
+            if not self.writer and (not step_dir.is_dir() or max(self._steps(), default=-1) > step):
+                continue  # the run holding the workdir deleted it as it saved a newer one: read that
             skipped.add(step)
             if self.writer:
                 aside = self.directory / f"corrupt-{step}"
@@ -250,8 +276,9 @@ class Checkpointer:
             if self.directory.is_dir() else []
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
 
 
 def restore_params(workdir: Path) -> tuple[Any, Any, Any]:
