@@ -38,7 +38,7 @@ from gptjax.models import abstract_params, build_model, count_params, split_para
 from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import build_optimizer, build_schedule
 from gptjax.trials import Layout, injected_optimizer, varying_fields
-from gptjax.workdir import check_init_from, check_memory, check_resume
+from gptjax.workdir import check_init_from, check_memory, check_resume, describe_changes
 
 
 @flax.struct.dataclass
@@ -375,8 +375,7 @@ def train_trials(trials: dict[Path, Experiment], *, log=print) -> dict[Path, dic
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
         changes = check_resume(workdir, cfg, steps.abstract_params)
         if changes:
-            log(f"{workdir}: resuming with changed fields: "
-                + ", ".join(f"{k} {old} → {new}" for k, (old, new) in changes.items()))
+            log(f"{workdir}: resuming with changed fields: {describe_changes(changes)}")
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the locks and writes configs, metrics and samples.
     lead = jax.process_index() == 0

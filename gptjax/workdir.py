@@ -78,6 +78,16 @@ def changed_fields(old: Experiment, new: Experiment) -> dict[str, tuple[Any, Any
     return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v and k != "name"}
 
 
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """The changed fields of a resume in one line, those outside `RESUMABLE` (they change the training
+    from here on) set apart."""
+    show = lambda keys: ", ".join(f"{k} {changes[k][0]} → {changes[k][1]}" for k in keys)
+    routine = [k for k in changes if k in RESUMABLE]
+    training = [k for k in changes if k not in RESUMABLE]
+    return "; ".join(([show(routine)] if routine else [])
+                     + ([f"changing the training from here on: {show(training)}"] if training else []))
+
+
 def _opt_state_difference(old: Experiment, new: Experiment, abstract_params) -> bool:
     """Whether the two configs' optimizers keep states of different structure or shapes."""
     import jax
@@ -106,9 +116,7 @@ def check_resume(workdir: Path, cfg: Experiment, abstract_params) -> dict[str, t
     model += [k for k in changes if k in MODEL_STATE]
     if model:
         shown = ", ".join(f"{k}={changes[k][0]} (now {changes[k][1]})" for k in model)
-        raise ConfigError(f"{workdir} holds a run with {shown}; its checkpoints cannot continue as this "
-                          f"model: use another --workdir (train.init_from={workdir} copies the parameters "
-                          "that fit) or remove it")
+        raise ConfigError(f"{workdir} holds a run with {shown}; use another --workdir or remove it")
     optimizer = [k for k in changes if k in ("optim.preset", "optim.rule")]
     if not optimizer and _opt_state_difference(old, cfg, abstract_params):
         optimizer = [k for k in changes if k.startswith("optim.")]

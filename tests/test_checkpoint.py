@@ -122,7 +122,7 @@ def test_restores_in_a_loop_beside_a_live_training_never_rename_and_never_crash_
     workdir = tmp_path / "w"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.Popen([sys.executable, "-m", "gptjax", "train", str(experiment), "--workdir",
-                             str(workdir), "train.steps=60", "train.checkpoint_every=1",
+                             str(workdir), "train.steps=30", "train.checkpoint_every=1",
                              "train.keep_checkpoints=1"],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -136,5 +136,5 @@ def test_restores_in_a_loop_beside_a_live_training_never_rename_and_never_crash_
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert len(seen) >= 3 and all(seen)
-    assert checkpoint_steps(workdir) == [60]
+    assert checkpoint_steps(workdir) == [30]
     assert not any(p.name.startswith("corrupt") for p in (workdir / "checkpoints").iterdir())

@@ -14,7 +14,7 @@ from gptjax.cli import main
 from gptjax.config import PRESETS, ConfigError, from_dict, to_dict
 from gptjax.data import build_data
 from gptjax.train import build_steps, resolve, train
-from gptjax.workdir import check_resume, read_config
+from gptjax.workdir import check_resume, describe_changes, read_config
 from tests.conftest import tiny_experiment
 
 CFG = tiny_experiment(steps=4, checkpoint_every=2, eval_every=100)
@@ -95,6 +95,9 @@ def test_fields_that_leave_the_state_alone_may_change_on_resume(trained):
     assert changes == {"train.steps": (4, 9), "train.eval_every": (100, 3), "train.log_every": (2, 1),
                        "train.keep_checkpoints": (3, 1), "optim.lr": (2.5e-4, 1e-4),
                        "model.dtype": ("float32", "bfloat16")}
+    assert describe_changes(changes) == (
+        "train.steps 4 → 9, train.eval_every 100 → 3, train.log_every 2 → 1, train.keep_checkpoints 3 → 1; "
+        "changing the training from here on: optim.lr 0.00025 → 0.0001, model.dtype float32 → bfloat16")
 
 
 def test_an_intact_checkpoint_of_another_structure_is_refused_not_moved(trained, tmp_path):
