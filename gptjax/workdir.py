@@ -37,11 +37,12 @@ MODEL_STATE = ("data.tokenizer", "data.tokenizer_vocab", "objective.name")
 MODEL_COMPUTE = ("model.dropout", "model.attention", "model.dtype", "model.remat")
 
 
-def read_config(workdir: Path) -> Experiment:
-    """The config in `workdir/config.json`; ConfigError in one line when it is absent or damaged."""
-    path = Path(workdir) / "config.json"
+def read_config(workdir: Path, name: str = "config.json") -> Experiment:
+    """The config in `workdir/config.json` (or a sweep variant's `variant.json`); ConfigError in one line
+    when it is absent or damaged."""
+    path = Path(workdir) / name
     if not path.is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
+        raise ConfigError(f"{workdir} is not a gptjax workdir (no {name})")
     try:
         data = json.loads(path.read_bytes())
     except (UnicodeDecodeError, ValueError) as e:

@@ -186,3 +186,14 @@ def test_import_hf_with_a_garbage_config_json_is_one_line(tmp_path, capsys, cont
 
 def test_read_config_round_trips_a_saved_config(trained):
     assert read_config(trained) == from_dict(json.loads((trained / "config.json").read_text()))
+
+
+def test_report_names_a_damaged_variant_config_in_one_line(tmp_path, capsys):
+    variant = tmp_path / "sweep" / "lr=0.001"
+    variant.mkdir(parents=True)
+    (variant / "config.json").write_text('{"optim": {"preset": "gpt3_adamw", "lr": 0.0')  # torn
+    (variant / "metrics.jsonl").write_text("")
+    assert main(["report", "x", "--dir", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {variant / 'config.json'} is damaged (not JSON: Expecting ',' delimiter "
+                           "at line 1); it records the run's config: restore it, or use another workdir")
