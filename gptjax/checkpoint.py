@@ -63,10 +63,10 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def file_hashes(step_dir: Path) -> dict[str, str]:
-    """{path relative to `step_dir`: SHA-256} of a checkpoint step's files (hashlib releases the GIL,
-    so a large checkpoint's files are hashed on several threads)."""
-    files = _files(step_dir)
+def file_hashes(step_dir: Path, items: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{path relative to `step_dir`: SHA-256} of a checkpoint step's files, or of those of `items` alone
+    (hashlib releases the GIL, so a large checkpoint's files are hashed on several threads)."""
+    files = [p for p in _files(step_dir) if items is None or p.relative_to(step_dir).parts[0] in items]
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(files)))) as pool:
         digests = list(pool.map(_sha256, files))
     return {str(p.relative_to(step_dir)): d for p, d in zip(files, digests, strict=True)}
@@ -79,9 +79,10 @@ def write_manifest(step_dir: Path) -> None:
     os.replace(tmp, step_dir / MANIFEST)
 
 
-def verify(step_dir: Path) -> str | None:
-    """What is wrong with a step's files against its manifest ("" when nothing), or None when the step
-    has no manifest (written before checksums existed). Raises FileNotFoundError if the step vanishes."""
+def verify(step_dir: Path, items: tuple[str, ...] | None = None) -> str | None:
+    """What is wrong with a step's files (or those of `items`: a reader of parameters need not hash the
+    optimizer state) against its manifest ("" when nothing), or None when the step has no manifest
+    (written before checksums existed). Raises FileNotFoundError if the step vanishes."""
     path = step_dir / MANIFEST
     if not path.is_file():
         if not step_dir.is_dir():
@@ -92,7 +93,9 @@ def verify(step_dir: Path) -> str | None:
         assert isinstance(expected, dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         return f"its {MANIFEST} is damaged"
-    actual = file_hashes(step_dir)
+    if items is not None:
+        expected = {name: digest for name, digest in expected.items() if name.split("/")[0] in items}
+    actual = file_hashes(step_dir, items)
     missing = sorted(set(expected) - set(actual))
     if missing:
         return f"{missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
@@ -168,9 +171,9 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self._saving: int | None = None
         self.manager = None
+        self.lead = jax.process_index() == 0  # the process that holds the lock in a multi-host job
         if writer:  # a reader has no manager: orbax's would list (and stat) steps a live run is deleting
-            lead = jax.process_index() == 0
-            seal = ocp.AsyncOptions(post_finalization_callback=self._seal) if lead else None
+            seal = ocp.AsyncOptions(post_finalization_callback=self._seal) if self.lead else None
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, async_options=seal)
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -209,7 +212,7 @@ class Checkpointer:
         """Why step `step` cannot be used ("" when it can): damage found by the manifest, or missing
         parameters. Raises `StateMismatchError` for an intact step whose trees differ from `abstract`."""
         step_dir = self.directory / str(step)
-        problem = verify(step_dir)
+        problem = verify(step_dir, (*abstract, "meta"))
         if problem:
             return problem
         if not (step_dir / "params").is_dir():
@@ -260,7 +263,7 @@ class Checkpointer:
             if not self.writer and (not step_dir.is_dir() or max(self._steps(), default=-1) > step):
                 continue  # the run holding the workdir deleted it as it saved a newer one: read that
             skipped.add(step)
-            if self.writer:
+            if self.writer and self.lead and step_dir.is_dir():  # in a multi-host job, process 0 moves it
                 aside = self.directory / f"corrupt-{step}"
                 step_dir.rename(aside)
                 self.manager.reload()

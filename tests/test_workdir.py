@@ -7,6 +7,7 @@ import json
 import shutil
 
 import jax
+import numpy as np
 import pytest
 
 from gptjax.checkpoint import Checkpointer, checkpoint_steps
@@ -97,7 +98,7 @@ def test_fields_that_leave_the_state_alone_may_change_on_resume(trained):
                        "model.dtype": ("float32", "bfloat16")}
     assert describe_changes(changes) == (
         "train.steps 4 → 9, train.eval_every 100 → 3, train.log_every 2 → 1, train.keep_checkpoints 3 → 1; "
-        "changing the training from here on: optim.lr 0.00025 → 0.0001, model.dtype float32 → bfloat16")
+        "changing the training from here on: model.dtype float32 → bfloat16, optim.lr 0.00025 → 0.0001")
 
 
 def test_an_intact_checkpoint_of_another_structure_is_refused_not_moved(trained, tmp_path):
@@ -177,7 +178,9 @@ def test_import_hf_with_a_garbage_config_json_is_one_line(tmp_path, capsys, cont
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_bytes(content)
-    (hf / "model.safetensors").write_bytes(b"")
+    from safetensors.numpy import save_file
+
+    save_file({"wte.weight": np.zeros((4, 2), np.float32)}, hf / "model.safetensors")  # readable tensors
     assert main(["import-hf", str(hf), str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
