@@ -10,7 +10,7 @@ ARGS ?=
 JOBS ?= 2
 
 .PHONY: install experiment sample test lint clean sweep report describe bench bench-loss bench-sweep bench-compile \
-	bench-generate bench-torch bench-mfu bench-allocator prepare bench-data
+	bench-generate bench-torch bench-mfu bench-allocator prepare bench-data bench-checksum
 
 install: $(STAMP)
 
@@ -69,12 +69,16 @@ bench-torch: $(STAMP)
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py
 
+# SHA-256 sealing and verifying of a 512 MiB checkpoint against its orbax restore (checksum.json).
+bench-checksum: $(STAMP)
+	$(PY) benchmarks/bench_checksum.py
+
 # GPT-2 small, T 1024, bfloat16 MFU on a GPU/TPU (benchmarks/results/mfu.json); says so and skips on a CPU.
 bench-mfu: $(STAMP)
 	$(PY) benchmarks/bench_mfu.py
 
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu
+bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu bench-checksum
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

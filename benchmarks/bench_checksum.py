@@ -19,8 +19,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from common import RESULTS, write_json
 
-from benchmarks.common import RESULTS, write_json
 from gptjax.checkpoint import Checkpointer, file_hashes, verify
 
 
