@@ -42,7 +42,7 @@ endif
 KEPT_ACCEL := $(patsubst accel=%,%,$(filter accel=%,$(INSTALLED)))
 
 .PHONY: install lock experiment sample test test-quick lint clean sweep report describe bench bench-loss bench-sweep \
-	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data tensorboard FORCE
+	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data tensorboard bench-checksum FORCE
 
 install: $(STAMP)
 
@@ -160,12 +160,16 @@ bench-torch: $(STAMP)
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py
 
+# SHA-256 sealing and verifying of a 512 MiB checkpoint against its orbax restore (checksum.json).
+bench-checksum: $(STAMP)
+	$(PY) benchmarks/bench_checksum.py
+
 # GPT-2 small, T 1024, bfloat16 MFU on a GPU/TPU (benchmarks/results/mfu.json); says so and skips on a CPU.
 bench-mfu: $(STAMP)
 	$(PY) benchmarks/bench_mfu.py
 
 # Every benchmark, each writing benchmarks/results/<name>.json.
-bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu
+bench: bench-loss bench-sweep bench-compile bench-generate bench-allocator bench-torch bench-mfu bench-checksum
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptjax tests experiments benchmarks

@@ -70,13 +70,9 @@ def _experiment(args: argparse.Namespace) -> int:
 
 def _language_model(workdir: Path):
     """The config of a workdir holding a GPT (what `sample` and `eval` need), or a one-line error."""
-    import json
+    from gptjax.workdir import read_config
 
-    from gptjax.config import from_dict
-
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    cfg = read_config(workdir)
     if cfg.model.family != "gpt":
         raise ConfigError(f"{workdir} holds a {cfg.model.family} model trained with {cfg.objective.name}; "
                           "sample and eval need a decoder-only (gpt) language model")

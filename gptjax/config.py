@@ -289,6 +289,10 @@ class TrainConfig:
     # gpt1_finetune, or one written by `import-hf`): parameters present in both are copied, new ones (a
     # classification head) keep their fresh initialisation, the optimizer starts anew. Ignored on resume.
     init_from: str = ""
+    # Resume with a changed optimizer (preset, rule, or a field that changes its state's structure):
+    # keep the checkpoint's parameters and step, start a fresh optimizer state. It acts only while the
+    # checkpoint's optimizer differs from this config's, so the same command resumes exactly after a stop.
+    reset_optimizer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -274,7 +274,13 @@ def read_hf_dir(hf_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"{hf_dir} has no config.json (expected a Hugging Face model directory)")
-    hf = json.loads((hf_dir / "config.json").read_text())
+    try:
+        hf = json.loads((hf_dir / "config.json").read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        detail = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ConfigError(f"{hf_dir / 'config.json'} is not JSON ({detail})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{hf_dir / 'config.json'} holds a JSON {type(hf).__name__}, not a model config")
     _family(hf)  # an unsupported model_type is refused before any tensor is read
     index = hf_dir / "model.safetensors.index.json"
     if (hf_dir / "model.safetensors").is_file():
@@ -456,7 +462,14 @@ def import_hf(hf_dir: Path, workdir: Path, overrides: list[str] = ()) -> Experim
     hf, tensors = read_hf_dir(hf_dir)
     # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) unless told otherwise.
     tokenizer = asked or ("hf" if has_tokenizer else None)
-    cfg = validate(apply_overrides(hf_experiment(hf, workdir.absolute().name, tokenizer), overrides))
+    try:
+        imported = hf_experiment(hf, workdir.absolute().name, tokenizer)
+    except (KeyError, TypeError, ValueError) as e:  # a key absent or of the wrong type
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{hf_dir / 'config.json'} is not a usable {hf['model_type']} config "
+                          f"({type(e).__name__}: {e})") from None
+    cfg = validate(apply_overrides(imported, overrides))
     if cfg.data.tokenizer == "hf" and not has_tokenizer:
         raise ConfigError(f"data.tokenizer=hf needs {hf_dir / 'tokenizer.json'}, which does not exist")
     params = hf_to_params(hf, tensors, cfg.model)

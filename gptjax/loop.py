@@ -302,8 +302,10 @@ class Checkpointing:
     def __call__(self, step: int, state) -> None:
         for trial, s in zip(self.trials, self.steps.unstack(state), strict=True):
             if not trial.diverged:
+                # The optimizer config the state belongs to: train.reset_optimizer compares against it.
                 trial.checkpointer.save(step, {"params": s.params, "opt_state": s.opt_state},
-                                        {"step": step, "data_position": step, "seed": trial.cfg.train.seed})
+                                        {"step": step, "data_position": step, "seed": trial.cfg.train.seed,
+                                         "optim": dataclasses.asdict(trial.cfg.optim)})
 
 
 class StopOnSignal:

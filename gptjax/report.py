@@ -22,9 +22,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from gptjax.config import PRESETS, ConfigError
+from gptjax.config import PRESETS, ConfigError, to_dict
 from gptjax.metrics import read_metrics
 from gptjax.sweep import read_status
+from gptjax.workdir import read_config
 
 SEED_RE = re.compile(r"(^|,)seed=\d+(?=,|$)")
 MIN_SEEDS = 3  # fewer replicates than this behind an interval: the report warns
@@ -176,7 +177,7 @@ def load_runs(root: Path) -> list[RunInfo]:
         path = next((workdir / f for f in ("config.json", "variant.json") if (workdir / f).is_file()), None)
         if path is None:
             continue
-        cfg = _read_json(path)
+        cfg = to_dict(read_config(workdir, path.name))  # a damaged file: one line naming it
         records = read_metrics(workdir)
         log = workdir / "log.txt"
         setting = SEED_RE.sub("", workdir.name).strip(",") or workdir.name

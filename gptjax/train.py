@@ -27,8 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gptjax import environment, sharding
-from gptjax.checkpoint import Checkpointer, checkpoint_steps, restore_params
-from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
+from gptjax.checkpoint import Checkpointer, StateMismatchError, checkpoint_steps, restore_params
+from gptjax.config import ConfigError, Experiment, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import prompt_tokens, sample_text
@@ -40,6 +40,7 @@ from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import RULES, build_optimizer, build_schedule
 from gptjax.optimizers_modern import eval_params
 from gptjax.trials import Layout, injected_optimizer, varying_fields
+from gptjax.workdir import check_init_from, check_memory, check_resume, describe_changes, read_config
 
 
 @flax.struct.dataclass
@@ -320,26 +321,13 @@ def build_steps(*cfgs: Experiment) -> Steps:
         n_params=count_params(abstract), param_bytes=tree_bytes(abstract))
 
 
-def check_workdir(workdir: Path, cfg: Experiment) -> None:
-    """Refuse to continue a run of a different model in the same workdir (before anything is written)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    previous = from_dict(json.loads(path.read_text()))
-    for field in dataclasses.fields(cfg.model):
-        old, new = getattr(previous.model, field.name), getattr(cfg.model, field.name)
-        if old != new and field.name not in ("dropout", "attention", "dtype"):
-            raise ConfigError(f"{workdir} holds a run with model.{field.name}={old}, not {new}; "
-                              f"use another --workdir or remove it")
-
-
 def warn_schedule_change(workdir: Path, cfg: Experiment, log) -> None:
     """On resume, say so when the config's schedule horizon (`optim.schedule_steps`, else `train.steps`)
     differs from the run's so far and moves the learning rate of the next step, and how to keep it."""
     path, at = workdir / "config.json", checkpoint_steps(workdir)
     if not path.exists() or not at or at[-1] >= cfg.train.steps:
         return
-    previous, start = from_dict(json.loads(path.read_text())), at[-1]
+    previous, start = read_config(workdir), at[-1]
     old_horizon = previous.optim.schedule_steps or previous.train.steps
     new_horizon = cfg.optim.schedule_steps or cfg.train.steps
     if old_horizon == new_horizon:
@@ -361,33 +349,6 @@ def elapsed_before(workdir: Path, step: int) -> float:
     last `elapsed_s` at or before it in metrics.jsonl (records past it are work the resume redoes)."""
     return max((r["elapsed_s"] for r in read_metrics(workdir) if r["step"] <= step and "elapsed_s" in r),
                default=0.0)
-
-
-def check_init_from(cfg: Experiment) -> None:
-    """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
-    source = Path(cfg.train.init_from)
-    if not (source / "config.json").exists():
-        hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
-                and source.name in known_experiments() else "")
-        raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
-                          f"train that run first{hint}")
-    if not checkpoint_steps(source):  # import-hf writes step 0
-        raise ConfigError(f"train.init_from {source} has no checkpoint yet")
-    previous = from_dict(json.loads((source / "config.json").read_text()))
-    if previous.model.family != cfg.model.family:
-        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model, this run builds "
-                          f"a {cfg.model.family} one; start from a {cfg.model.family} workdir, or use an "
-                          f"experiment of the {previous.model.family} family (e.g. the experiment file "
-                          f"import-hf wrote into {source})")
-    if previous.data.tokenizer != cfg.data.tokenizer:
-        # Its embedding rows belong to its tokenizer's ids: another tokenizer's ids would pick wrong rows.
-        vocab = (f" data.tokenizer_vocab={previous.data.tokenizer_vocab}"
-                 if previous.data.tokenizer == "bpe" else "")
-        was, now = previous.data.tokenizer, cfg.data.tokenizer
-        raise ConfigError(f"train.init_from {source} was trained with data.tokenizer={was}, this run has "
-                          f"data.tokenizer={now}; its embeddings are indexed by that tokenizer's ids, so add "
-                          f"data.tokenizer={was}{vocab} (its {source / 'tokenizer.json'} is then used, where "
-                          f"it has one)")
 
 
 def merge_init_from(params, source: Path):
@@ -457,7 +418,7 @@ def train_trials(trials: dict[Path, Experiment], *, log=print, execution: str = 
             raise ConfigError("vmapped trials start from one initialisation; train.init_from runs train "
                               "alone")
     if cfgs[0].train.init_from:
-        check_init_from(cfgs[0])
+        check_init_from(cfgs[0], None)  # a workdir of this family and tokenizer; its shapes once resolved
     # A trained tokenizer (bpe) is the same for every trial, and for the run init_from starts from.
     saved = [Path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
     data = build_objective_data(cfgs[0], next((p for p in saved if p.exists()), saved[0]))
@@ -470,8 +431,15 @@ def train_trials(trials: dict[Path, Experiment], *, log=print, execution: str = 
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     cfgs = [resolve(c, data.tokenizer.vocab_size, getattr(data, "n_classes", 0)) for c in cfgs]
     steps = build_steps(*cfgs)
+    # Everything that can be found from shapes is found here, before the workdirs are touched.
+    if cfgs[0].train.init_from:
+        check_init_from(steps.cfg, steps.abstract_params)
+    check_memory(steps.cfg, steps.mesh, steps.param_bytes,
+                 max(steps.opt_state_bytes(i) for i in range(len(cfgs))), trials=len(cfgs))
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
-        check_workdir(workdir, cfg)
+        changes = check_resume(workdir, cfg, steps.abstract_params)
+        if changes:
+            log(f"{workdir}: resuming with changed fields: {describe_changes(changes)}")
         if jax.process_index() == 0:
             warn_schedule_change(workdir, cfg, log)
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
@@ -503,9 +471,28 @@ def _train_locked(steps: Steps, data, workdirs: list[Path], stop: StopSignals, l
             trial.writer.close()
 
 
+def _restore_trial(trial: Trial, abstract_params, abstract_opt_state, log):
+    """(items, meta) of a trial's latest checkpoint, or None; with train.reset_optimizer, the parameters
+    alone (a fresh optimizer state follows) while the checkpoint's optimizer differs from the config's."""
+    cfg, checkpointer = trial.cfg, trial.checkpointer
+    full = {"params": abstract_params, "opt_state": abstract_opt_state}
+    if not cfg.train.reset_optimizer:
+        return checkpointer.restore_latest(full, warn=log)
+    with contextlib.suppress(StateMismatchError):  # the other optimizer's state: reset below
+        restored = checkpointer.restore_latest(full, warn=log)
+        if (restored is None or "opt_state" not in restored[0]
+                or restored[1].get("optim") == dataclasses.asdict(cfg.optim)):
+            return restored
+    items, meta = checkpointer.restore_latest({"params": abstract_params}, warn=log)
+    saved = meta.get("optim", {}).get("preset", "unrecorded")
+    log(f"{cfg.name}: train.reset_optimizer: parameters of step {meta['step']} kept, a fresh "
+        f"{cfg.optim.preset} optimizer state (the checkpoint's was {saved})")
+    return items, meta
+
+
 def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     """The loop's state at the trials' latest checkpoint, or at step 0 (init_from's parameters if set)."""
-    restored = [t.checkpointer.restore_latest({"params": steps.abstract_params, "opt_state": opt}, warn=log)
+    restored = [_restore_trial(t, steps.abstract_params, opt, log)
                 for t, opt in zip(trials, steps.abstract_opt_states, strict=True)]
     at = {0 if r is None else r[1]["step"] for r in restored}
     if len(at) > 1:

@@ -311,11 +311,11 @@ def test_the_printed_fine_tune_command_is_accepted(gpt2_dir, tmp_path, capsys, m
     # that init_from accepts the import (same family and tokenizer). Training from init_from is tested in
     # test_train_objectives.
     from gptjax.config import load_experiment
-    from gptjax.train import check_init_from
+    from gptjax.workdir import check_init_from
 
     args, extra = cli.parser().parse_known_args([a.replace("YOUR_TEXT", "my.txt") for a in command[3:]])
     assert args.workdir == "runs/gpt2-import-finetuned"
     cfg = load_experiment(args.experiment, [*args.overrides, *extra])
     assert (cfg.data.source, cfg.data.tokenizer, cfg.train.steps) == ("text:my.txt", "hf", 300)
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.model.n_embd) == (1e-4, "cosine", 32)
-    check_init_from(cfg)
+    check_init_from(cfg, None)
