@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax import environment
 from gptjax.config import PRESETS, DataConfig, Experiment, ModelConfig, TrainConfig
 from gptjax.data.packing import Batch
 
@@ -48,7 +49,8 @@ def write_json(path: Path | str, result: dict) -> Path:
     script = Path(sys.argv[0])
     command = " ".join(["python", f"{script.parent.name}/{script.name}", *sys.argv[1:]])
     result = {"command": result.get("command", command),
-              "written": datetime.datetime.now().isoformat(timespec="minutes"), **result}
+              "written": datetime.datetime.now().isoformat(timespec="minutes"),
+              "environment": environment.record(), **result}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {path}")

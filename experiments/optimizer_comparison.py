@@ -14,7 +14,7 @@ variants. Results: docs/optimizer_comparison/report.md, discussed in docs/experi
 import dataclasses
 
 from gptjax.config import Experiment, load_experiment
-from gptjax.sweep import apply_changes, variant_name, with_seeds
+from gptjax.sweep import Times, per_optimizer, with_seeds
 
 FORUM_PRESETS = ("bert_adam", "roberta_adam", "t5_adafactor", "gpt2_adam", "gpt3_adamw")
 LR_MULTIPLIERS = (1.0, 10.0)
@@ -31,11 +31,6 @@ def get_config() -> Experiment:
 
 
 def get_sweep(base: Experiment) -> dict[str, Experiment]:
-    variants = {}
-    for preset in FORUM_PRESETS:
-        for multiplier in LR_MULTIPLIERS:
-            # The preset's own lr times the multiplier: Adafactor's is a relative step, not Adam's scale.
-            with_preset = apply_changes(base, {"optim.preset": preset})
-            changes = {"optim.preset": preset, "optim.lr": with_preset.optim.lr * multiplier}
-            variants[variant_name(changes)] = apply_changes(base, changes)
-    return with_seeds(variants, SEEDS)
+    # Each preset at its own lr times the multipliers: Adafactor's lr is a relative step, not Adam's scale.
+    lrs = {"optim.lr": [Times(m) for m in LR_MULTIPLIERS]}
+    return with_seeds(per_optimizer(base, {preset: lrs for preset in FORUM_PRESETS}), SEEDS)

@@ -11,7 +11,15 @@ import sys
 
 from gptjax import storage
 from gptjax.config import ConfigError, known_experiments, load_experiment
-from gptjax.guards import EXIT_BAD_INPUT, EXIT_PREEMPTED, Diverged, Preempted
+from gptjax.guards import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_PREEMPTED,
+    Diverged,
+    Preempted,
+    check_writable,
+    stopped,
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -19,6 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     workdir = storage.path(args.workdir or f"runs/{cfg.name}")
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} exists and is not a directory")
+    check_writable(workdir)
     from gptjax.train import train  # JAX is imported only once the input is known to be good
 
     result = train(cfg, workdir)
@@ -37,19 +46,48 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    """`make experiment`: an experiment that defines `get_sweep()` is a comparison, so its sweep runs
+    (`--jobs`, default `default_jobs()`) and its report is written; any other is trained, as `train` does."""
+    from gptjax.sweep import default_jobs, defines_sweep
+
+    load_experiment(args.experiment, args.overrides)  # bad input: one line, before anything runs
+    if not defines_sweep(args.experiment):
+        if args.jobs is not None:
+            raise ConfigError(f"--jobs is for a sweep; {args.experiment} defines no get_sweep()")
+        return _train(args)
+    from gptjax.report import write_report
+    from gptjax.sweep import run_sweep
+
+    name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
+    root = storage.path(args.workdir or f"runs/{name}")
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs())
+    code = sweep_exit_code(results)
+    if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
+        print(f"report written to {write_report(root)}")
+    return code
+
+
 def _language_model(workdir):
     """The config of a workdir holding a GPT (what `sample` and `eval` need), or a one-line error."""
-    import json
+    from gptjax.workdir import read_config
 
-    from gptjax.config import from_dict
-
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} is not a gptjax workdir (no config.json)")
-    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    cfg = read_config(workdir)
     if cfg.model.family != "gpt":
         raise ConfigError(f"{workdir} holds a {cfg.model.family} model trained with {cfg.objective.name}; "
                           "sample and eval need a decoder-only (gpt) language model")
     return cfg
+
+
+def _tokenizer_line(cfg, tokenizer) -> str:
+    """Which tokenizer `sample` and `eval` read with, and a warning when it cannot be the model's own."""
+    line = (f"tokenizer: data.tokenizer={cfg.data.tokenizer}, {tokenizer.vocab_size:,} ids "
+            f"(the model's vocabulary: {cfg.model.vocab_size:,})")
+    if 4 * tokenizer.vocab_size < cfg.model.vocab_size:
+        # A model imported without its tokenizer.json and trained on bytes looks like this.
+        line += ("; most of the model's ids never occur, so it was likely trained with another tokenizer "
+                 "(import-hf takes the checkpoint's tokenizer.json)")
+    return line
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -66,42 +104,86 @@ def _sample(args: argparse.Namespace) -> int:
                                  ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("top_p", args.top_p)) if v is not None}
     cfg = validate(dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **changes)))
+    print(_tokenizer_line(cfg, tokenizer), file=sys.stderr)  # stdout holds the text alone
     print(sample_text(cfg, graphdef, params, tokenizer, args.seed))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     workdir = storage.path(args.workdir)
     cfg = _language_model(workdir)
-    window = args.window or cfg.model.context
+    window = args.window or cfg.data.seq_len  # the length the model was trained on
     stride = args.stride or max(1, window // 2)
     if not 0 < window <= cfg.model.context:
         raise ConfigError(f"--window must be in [1, {cfg.model.context}] (the model's context), got {window}")
     if not 0 < stride <= window:
         raise ConfigError(f"--stride must be in [1, --window = {window}], got {stride}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.text and not storage.path(args.text).is_file():
         raise ConfigError(f"--text {args.text} is not a file")
+    if args.text and args.store:
+        raise ConfigError("give --text or --store, not both")
+    try:  # read now: a binary or unreadable file is bad input, found before the model is loaded
+        text = storage.path(args.text).read_bytes().decode("utf-8") if args.text else None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--text {args.text} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); eval scores text files") from None
+    except OSError as e:
+        raise ConfigError(f"--text {args.text} cannot be read: {e.strerror}") from None
     from gptjax.data import load_documents
     from gptjax.data.packing import pack_documents
-    from gptjax.evaluate import windowed_perplexity
+    from gptjax.data.store import open_store, read_by_store
+    from gptjax.evaluate import streamed_perplexity, windowed_perplexity
     from gptjax.train import build_evaluator, inference_mesh, load_for_inference, load_teacher
 
+    store = None
+    if args.store or (read_by_store(cfg.data.source) and not args.text):
+        # Opened before the model is loaded: a store of another tokenizer costs nothing. A text source is
+        # the store it was prepared into (the same cached one training used).
+        data_cfg = dataclasses.replace(cfg.data, source=f"store:{args.store}") if args.store else cfg.data
+        opened, _ = open_store(data_cfg, workdir / "tokenizer.json")
+        store = args.store or str(opened.path)
     cfg, graphdef, params, tokenizer = load_for_inference(workdir)
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     evaluate = build_evaluator(cfg, graphdef, inference_mesh(cfg), teacher=teacher)
-    if args.text:
-        docs, what = [storage.path(args.text).read_text()], args.text
+    options = {"window": window, "stride": stride, "pad_id": tokenizer.pad_id, "rows": cfg.data.batch_size}
+    if store:
+        # The store's validation split, read a batch of windows at a time: memory does not grow with it.
+        split, what = opened.splits["val"], f"the validation split of store {store}"
+        mask = cfg.data.document_mask
+
+        def read(a, b):
+            tokens, docs = split.read(a, b)
+            return tokens, docs + 1 if mask else None  # +1: text before the first document start is one
+
+        n_tokens = min(split.n_tokens, args.max_tokens + 1) if args.max_tokens else split.n_tokens
+        result = streamed_perplexity(evaluate, params, read, n_tokens, **options)
     else:
-        docs, what = load_documents(cfg.data).val, "the validation split"
-    stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
-    result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
-                                 window=window, stride=stride, pad_id=tokenizer.pad_id,
-                                 rows=cfg.data.batch_size)
+        if args.text:
+            docs, what = [text], args.text
+        else:
+            docs, what = load_documents(cfg.data).val, "the validation split"
+        stream_S, doc_S = pack_documents([tokenizer.encode(d) for d in docs], tokenizer.eot_id)
+        if args.max_tokens:  # the first N targets, and the token before them
+            stream_S, doc_S = stream_S[:args.max_tokens + 1], doc_S[:args.max_tokens + 1]
+        result = windowed_perplexity(evaluate, params, stream_S, doc_S if cfg.data.document_mask else None,
+                                     **options)
+    print(_tokenizer_line(cfg, tokenizer))
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
           f"(stride {stride}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
           f"accuracy {result['accuracy']:.3f}")
+    if not args.text:
+        # Training's validation scores the split's first eval_batches batches, windows of seq_len at stride
+        # seq_len; a window of seq_len at stride seq_len over those tokens is the same computation.
+        L, t = cfg.data.seq_len, cfg.train
+        n = min(t.eval_batches * cfg.data.batch_size * L, len(stream_S) - 1)
+        print(f"training's validation loss scored the first {n:,} tokens of the split (train.eval_batches="
+              f"{t.eval_batches} batches of {cfg.data.batch_size} rows of {L}) at window = stride = {L}; "
+              f"--window {L} --stride {L} --max-tokens {n} reproduces it")
     print(json.dumps(result))
     return 0
 
@@ -116,15 +198,26 @@ def _sweep(args: argparse.Namespace) -> int:
 
         shard = shard if args.shard else host_shard()
         child_env = per_host_env(shard[1])
-    try:
-        results = run_sweep(args.experiment, args.overrides, root=args.dir and storage.path(args.dir),
-                            jobs=args.jobs, shard=shard, vmap=args.vmap, per_host=args.per_host,
-                            child_env=child_env)
-    except KeyboardInterrupt:  # the running variants got the same SIGINT and checkpointed
-        print("interrupted: running variants stopped at a checkpoint; run the same command to resume",
+    # SIGTERM/SIGINT: run_sweep passes it to the running variants, records them stopped, raises Preempted.
+    results = run_sweep(args.experiment, args.overrides, root=args.dir and storage.path(args.dir),
+                        jobs=args.jobs, shard=shard, vmap=args.vmap, per_host=args.per_host,
+                        child_env=child_env)
+    return sweep_exit_code(results)
+
+
+def sweep_exit_code(results: dict) -> int:
+    """1 when a variant failed; else `EXIT_BUSY` (with one line) when another sweep was training some of
+    them, which are neither done nor failed here; else 0."""
+    if any(s.get("status") == "failed" for s in results.values()):
+        return 1
+    elsewhere = sorted(name for name, s in results.items() if s.get("status") == "running elsewhere")
+    if elsewhere:
+        holder = results[elsewhere[0]].get("holder", "another process")
+        print(f"busy: {len(elsewhere)} variant(s) are being trained by another sweep ({holder}): "
+              f"{', '.join(elsewhere)}; not failed, run the same command once it has finished",
               file=sys.stderr)
-        return EXIT_PREEMPTED
-    return 1 if any(s.get("status") == "failed" for s in results.values()) else 0
+        return EXIT_BUSY
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -147,12 +240,19 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    from gptjax.interop import import_hf
+    from gptjax.interop import experiment_file, finetune_command, import_hf
 
-    cfg = import_hf(storage.path(args.hf_dir), storage.path(args.workdir), args.overrides)
+    workdir = storage.path(args.workdir)
+    cfg = import_hf(storage.path(args.hf_dir), workdir, args.overrides)
+    tokenizer = ("the checkpoint's tokenizer.json (data.tokenizer=hf)" if cfg.data.tokenizer == "hf" else
+                 f"data.tokenizer={cfg.data.tokenizer}, as asked (not the checkpoint's tokenizer)")
     print(f"imported {args.hf_dir} as {cfg.name} ({cfg.model.family}, {cfg.model.n_layer} layers, "
-          f"d {cfg.model.n_embd}) into {args.workdir}: parameters at step 0; the first train there "
-          f"creates the {cfg.optim.preset} optimizer state")
+          f"d {cfg.model.n_embd}, vocabulary {cfg.model.vocab_size:,}) into {workdir}: parameters at step 0, "
+          f"tokenizer {tokenizer}")
+    print(f"experiment file: {experiment_file(workdir)} (the model, with gptjax's pre-training defaults for "
+          f"the rest: data.source={cfg.data.source}, train.steps={cfg.train.steps}, {cfg.optim.preset} at "
+          f"lr {cfg.optim.lr:g}, dropout {cfg.model.dropout:g})")
+    print(f"fine-tune it on a text file:\n  {finetune_command(cfg, workdir)}")
     return 0
 
 
@@ -163,7 +263,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if "://" in args.source:
         raise ConfigError(f"prepare reads local files, not {args.source}: copy the corpus to a local disk "
-                          "first (gcloud storage cp -r); training reads text:gs://… directly")
+                          "first (gcloud storage cp -r)")
     if storage.is_remote(args.store):
         raise ConfigError(f"prepare writes a local store, not {args.store}: prepare it on a local disk, then "
                           f"copy it (gcloud storage cp -r STORE {args.store}) and train with "
@@ -195,6 +295,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", help="where checkpoints and metrics go (default: runs/<experiment>)")
     t.set_defaults(func=_train)
 
+    x = sub.add_parser("experiment", help="what `make experiment` runs: an experiment with get_sweep() is "
+                                          "swept and reported, any other trained")
+    x.add_argument("experiment", help="a name in experiments/ or a path to such a .py file")
+    x.add_argument("overrides", nargs="*", metavar="key=value", help="as for train (a sweep's base config)")
+    x.add_argument("--workdir", help="the run's workdir, or the sweep's directory (default: "
+                                     "runs/<experiment>)")
+    x.add_argument("--jobs", type=int, help="a sweep's variants trained at once (default: every core on a "
+                                            "CPU, 1 on an accelerator)")
+    x.set_defaults(func=_experiment)
+
     s = sub.add_parser("sample", help="generate text from a trained workdir")
     s.add_argument("workdir")
     s.add_argument("--prompt")
@@ -207,9 +317,13 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of a long text under a sliding context window")
     e.add_argument("workdir")
-    e.add_argument("--window", type=int, help="tokens of context per window (default: the model's context)")
+    e.add_argument("--window", type=int, help="tokens of context per window (default: data.seq_len, the "
+                                              "length the model was trained on)")
     e.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
     e.add_argument("--text", help="a text file to score as one document (default: the validation split)")
+    e.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
+    e.add_argument("--store", help="a token store whose validation split to score, streamed (default for a "
+                   "run trained on data.source=store:PATH: that store)")
     e.set_defaults(func=_evaluate)
 
     w = sub.add_parser("sweep", help="train every variant of an experiment's get_sweep() into runs/<name>/")
@@ -275,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     # Overrides may follow options (`train x --workdir w a=1`): argparse leaves those over.
     args, extra = p.parse_known_args(argv)
-    takes_overrides = getattr(args, "command", None) in ("train", "sweep", "describe", "import-hf", "prepare")
+    takes_overrides = getattr(args, "command", None) in ("train", "experiment", "sweep", "describe",
+                                                         "import-hf", "prepare")
     if extra and (not takes_overrides or any(x.startswith("-") for x in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
@@ -295,3 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Preempted, Diverged) as e:
         print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:  # a stop outside the training loop (`Interrupted`, or Ctrl-C)
+        return stopped(e, "outside the training loop: checkpoints and records are those of the last "
+                          "finished step, run the same command again to go on" if args.command == "train"
+                       else f"before {args.command} finished")

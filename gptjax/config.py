@@ -121,6 +121,9 @@ class OptimConfig:
     schedule: ScheduleName = "constant"  # constant | linear | cosine | rsqrt
     warmup_steps: int = 0  # linear ramp from lr/warmup_steps to lr, for every schedule
     min_lr_ratio: float = 0.0  # floor of linear/cosine decay, as a fraction of lr
+    # The step at which linear/cosine decay ends (and AdEMAMix's T_α,β3 when -1); 0: train.steps. Set it
+    # to keep a schedule's horizon when a run is resumed with a larger train.steps.
+    schedule_steps: int = 0
     rsqrt_timescale: int = 10_000  # rsqrt: lr·sqrt(τ/max(t, τ)), flat for the first τ updates (T5: 10^4)
     grad_clip: float = 0.0  # global-norm clipping threshold; 0 disables
     decay_mask: DecayMask = "ndim>=2"  # which parameters get weight decay: ndim>=2 | all | none
@@ -268,8 +271,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
-    data_parallel: int = -1  # size of the mesh's data axis; -1: every device not used by fsdp
-    fsdp: int = 1  # size of the mesh's fsdp axis: parameters and optimizer state sharded over it
+    # The device mesh (docs/sharding.md): data × fsdp × tensor devices; -1 (data or fsdp): all the rest.
+    data_parallel: int = -1  # size of the data axis: batch split over it, parameters replicated
+    fsdp: int = 1  # size of the fsdp axis: batch split, parameters and optimizer state sharded over it
+    tensor: int = 1  # size of the tensor axis: attention heads and MLP hidden units split (Megatron)
     grad_accum: int = 1  # micro-batches per step; the update equals one batch of data.batch_size
     max_nonfinite_steps: int = 5  # stop after this many non-finite (skipped) steps in a row
     progress: bool = True
@@ -284,6 +289,10 @@ class TrainConfig:
     # gpt1_finetune, or one written by `import-hf`): parameters present in both are copied, new ones (a
     # classification head) keep their fresh initialisation, the optimizer starts anew. Ignored on resume.
     init_from: str = ""
+    # Resume with a changed optimizer (preset, rule, or a field that changes its state's structure):
+    # keep the checkpoint's parameters and step, start a fresh optimizer state. It acts only while the
+    # checkpoint's optimizer differs from this config's, so the same command resumes exactly after a stop.
+    reset_optimizer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,8 +393,9 @@ def validate(cfg: Experiment) -> Experiment:
     _one_of("data.tokenizer", d.tokenizer, TokenizerKind)
     _check(re.fullmatch(r"pydoc|text:.+|tfds:.+|store:.+", d.source) is not None,
            f"unknown data.source {d.source!r}; use pydoc, text:PATH, tfds:NAME or store:PATH")
-    _check(not d.source.startswith("store:") or cfg.objective.name == "causal_lm",
-           f"data.source=store:... feeds objective causal_lm only so far, not {cfg.objective.name}")
+    _check(not d.source.startswith("store:") or cfg.objective.name != "gpt1_finetune",
+           "data.source=store:... holds unlabelled text; objective gpt1_finetune needs labelled examples "
+           "(pydoc or tfds:NAME)")
     _check(d.seq_len >= 2, f"data.seq_len must be at least 2 tokens, got {d.seq_len}")
     _check(d.seq_len <= m.context,
            f"data.seq_len ({d.seq_len}) is longer than the model's context ({m.context})")
@@ -404,6 +414,8 @@ def validate(cfg: Experiment) -> Experiment:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _check(o.schedule_steps >= 0,
+           f"optim.schedule_steps must be >= 0 (0: train.steps), got {o.schedule_steps}")
     _check(o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {o.grad_clip}")
     _check(o.rsqrt_timescale > 0, f"optim.rsqrt_timescale must be positive, got {o.rsqrt_timescale}")
     _check(0.0 <= o.adafactor_decay_exponent <= 1.0,
@@ -436,12 +448,17 @@ def validate(cfg: Experiment) -> Experiment:
            f"optim.soap_max_precond_dim must be positive, got {o.soap_max_precond_dim}")
 
     for field in ("steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "fsdp", "num_processes"):
+                  "keep_checkpoints", "grad_accum", "max_nonfinite_steps", "tensor", "num_processes"):
         _check(getattr(t, field) > 0, f"train.{field} must be positive, got {getattr(t, field)}")
     _check(d.batch_size % t.grad_accum == 0,
            f"data.batch_size ({d.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
-    _check(t.data_parallel == -1 or t.data_parallel > 0,
-           f"train.data_parallel must be positive or -1 (every device), got {t.data_parallel}")
+    for field in ("data_parallel", "fsdp"):
+        _check(getattr(t, field) == -1 or getattr(t, field) > 0,
+               f"train.{field} must be positive or -1 (every remaining device), got {getattr(t, field)}")
+    _check(t.data_parallel != -1 or t.fsdp != -1, "train.data_parallel and train.fsdp cannot both be -1")
+    _check(m.n_head % t.tensor == 0,
+           f"model.n_head ({m.n_head}) must be divisible by train.tensor ({t.tensor}), which splits heads")
+    # n_embd is a multiple of n_head, so the MLP width (a multiple of n_embd) splits over tensor too.
 
     # Only a GPT generates text; an encoder's sample section is never read.
     _check(m.family != "gpt" or 0 < s.max_new_tokens < m.context,
@@ -621,7 +638,10 @@ def load_experiment(name: str, overrides: list[str] = ()) -> Experiment:
         raise ConfigError(f"experiment file {path} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"experiment file {path} defines no get_config()")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # the user's code again: where it failed, in one line
+        raise ConfigError(f"experiment file {path}: get_config() raised {type(e).__name__}: {e}") from None
     if not isinstance(cfg, Experiment):
         raise ConfigError(f"{path}: get_config() must return gptjax.config.Experiment, "
                           f"got {type(cfg).__name__}")

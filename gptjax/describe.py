@@ -5,8 +5,10 @@
 `jax.eval_shape` of the preset's `tx.init` (`gptjax.optimizers.state_bytes`), so the GPT-3 175B shape is
 described in seconds on a laptop. The step time is the arithmetic of `gptjax.flops` (FLOPs per token ×
 tokens per step) over the chosen accelerator's dense bfloat16 peak at an assumed MFU: an estimate to
-decide whether a size is worth booking, not a measurement. Activation memory is not counted (it depends
-on batch, remat and the attention kernel).
+decide whether a size is worth booking, not a measurement. With `devices`, the mesh of the config's
+`train.data_parallel`, `train.fsdp` and `train.tensor` is laid over that many devices and the bytes one
+device holds follow from the same sharding rules training uses (`gptjax.sharding`). Activation memory is
+not counted (it depends on batch, remat and the attention kernel).
 """
 
 from __future__ import annotations
@@ -83,10 +85,17 @@ class Description:
     device_memory: float
     devices: int
     mfu: float
+    mesh: dict[str, int]  # {data, fsdp, tensor} sizes on `devices` devices
+    param_bytes_per_device: int  # what one device holds under the sharding rules (gradients alike)
+    opt_state_bytes_per_device: int
 
     @property
     def state_bytes(self) -> int:
         return self.param_bytes + self.grad_bytes + self.opt_state_bytes
+
+    @property
+    def state_bytes_per_device(self) -> int:
+        return 2 * self.param_bytes_per_device + self.opt_state_bytes_per_device
 
     @property
     def step_seconds(self) -> float:
@@ -106,13 +115,17 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     if devices < 1:
         raise ConfigError(f"--devices must be positive, got {devices}")
     cfg = resolved_vocab(cfg)
+    import jax
     from flax.traverse_util import flatten_dict
 
+    from gptjax import sharding
     from gptjax.flops import PEAK_FLOPS, flops_per_token, measured_cpu_peak
-    from gptjax.models import abstract_params, tree_bytes
-    from gptjax.optimizers import STACKED_KEY, build_optimizer, state_bytes
+    from gptjax.models import abstract_model, param_axes, split_params, tree_bytes
+    from gptjax.optimizers import STACKED_KEY, build_optimizer
 
-    _, abstract = abstract_params(cfg.model)
+    mesh = sharding.mesh_shape(cfg.train, devices)
+    model = abstract_model(cfg.model)
+    _, abstract = split_params(model)
     params = dict.fromkeys(COMPONENTS, 0)
     per_layer = dict.fromkeys(COMPONENTS, 0)
     first = _first_stack(abstract)
@@ -128,6 +141,15 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
     params["total"] = sum(params[c] for c in COMPONENTS)
     param_bytes = tree_bytes(abstract)
     tx = build_optimizer(cfg.optim, cfg.train.steps)
+    abstract_opt = jax.eval_shape(tx.init, abstract)  # what `state_bytes` counts, traced once here
+    if devices > 1:
+        axes = param_axes(model)
+        param_bytes_per_device = sharding.per_device_bytes(
+            abstract, sharding.state_specs(abstract, axes, mesh), mesh)
+        opt_bytes_per_device = sharding.per_device_bytes(
+            abstract_opt, sharding.state_specs(abstract_opt, axes, mesh), mesh)
+    else:  # one device holds everything: no rule to apply
+        param_bytes_per_device, opt_bytes_per_device = param_bytes, tree_bytes(abstract_opt)
     key, memory = ACCELERATORS[accelerator]
     peak = measured_cpu_peak() if accelerator == "cpu" else PEAK_FLOPS[key]
     m = cfg.model
@@ -135,10 +157,11 @@ def describe(cfg: Experiment, *, accelerator: str = "h100", mfu: float = 0.4,
         cfg=cfg, params=params, per_layer=per_layer,
         n_layers=m.n_layer + ((m.n_decoder_layer or m.n_layer) if m.family == "t5" else 0),
         param_bytes=param_bytes, grad_bytes=param_bytes,  # float32 gradients, one per parameter
-        opt_state_bytes=state_bytes(tx, abstract),
+        opt_state_bytes=tree_bytes(abstract_opt),
         flops_per_token=flops_per_token(m, cfg.data.seq_len, cfg.objective),
         tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, accelerator=key, peak_flops=peak,
-        device_memory=memory, devices=devices, mfu=mfu)
+        device_memory=memory, devices=devices, mfu=mfu, mesh=mesh,
+        param_bytes_per_device=param_bytes_per_device, opt_state_bytes_per_device=opt_bytes_per_device)
 
 
 def _first_stack(abstract: dict[str, Any]) -> str:
@@ -188,11 +211,24 @@ def format_description(d: Description) -> str:
               f"  {'optimizer state (' + d.cfg.optim.preset + ')':<32}{_bytes(d.opt_state_bytes):>16}"
               f"{per_param:>12.2f}",
               f"  {'total':<32}{_bytes(d.state_bytes):>16}{d.state_bytes / total:>12.2f}"]
+    if d.devices > 1:
+        mesh = " × ".join(f"{axis} {size}" for axis, size in d.mesh.items())
+        lines += [f"  per device on {d.devices} devices ({mesh}):",
+                  f"    {'parameters':<30}{_bytes(d.param_bytes_per_device):>16}",
+                  f"    {'gradients':<30}{_bytes(d.param_bytes_per_device):>16}",
+                  f"    {'optimizer state':<30}{_bytes(d.opt_state_bytes_per_device):>16}",
+                  f"    {'total':<30}{_bytes(d.state_bytes_per_device):>16}"]
     if d.device_memory:
         shards = math.ceil(d.state_bytes / d.device_memory)
-        lines.append(f"  fits one {d.accelerator} ({_bytes(d.device_memory)})? "
-                     + ("yes, before activations" if shards <= 1 else
-                        f"no: needs at least {shards} devices' memory (train.fsdp) before activations"))
+        if d.devices > 1:
+            fits = d.state_bytes_per_device <= d.device_memory
+            lines.append(f"  fits each {d.accelerator} ({_bytes(d.device_memory)}) on this mesh? "
+                         + ("yes, before activations" if fits else
+                            f"no; all devices together need at least {shards} devices' memory"))
+        else:
+            lines.append(f"  fits one {d.accelerator} ({_bytes(d.device_memory)})? "
+                         + ("yes, before activations" if shards <= 1 else
+                            f"no: needs at least {shards} devices' memory (train.fsdp) before activations"))
     fpt, tokens = d.flops_per_token, d.tokens_per_step
     step, steps = d.step_seconds, d.cfg.train.steps
     formula = {"gpt": "6·N + 12·n_layer·seq_len·d per token",

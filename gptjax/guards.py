@@ -15,12 +15,14 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 from gptjax import storage
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
 EXIT_DIVERGED = 4
+EXIT_BUSY = 5  # a sweep left variants alone because another sweep was training them
 
 
 class Preempted(Exception):  # noqa: N818 (a stop, not an error)
@@ -33,6 +35,67 @@ class Diverged(Exception):  # noqa: N818 (named for what the run did)
     """Too many consecutive non-finite steps; nothing non-finite was applied or checkpointed."""
 
     exit_code = EXIT_DIVERGED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT outside the training loop, raised where the program is (as Ctrl-C raises
+    KeyboardInterrupt, of which it is a kind, so `except Exception` never swallows it)."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_interrupted = False
+
+
+def _raise_interrupted(signum, frame) -> None:
+    global _interrupted
+    if _interrupted:  # once: a second Ctrl-C (or a forwarded copy) must not break the clean-up
+        return
+    _interrupted = True
+    raise Interrupted(signum)
+
+
+def stopped(error: KeyboardInterrupt, left: str) -> int:
+    """`EXIT_PREEMPTED`, after one line on stderr naming the signal behind `error` and what it `left`."""
+    import sys
+
+    name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
+    print(f"stopped by {name} {left}", file=sys.stderr)
+    return EXIT_PREEMPTED
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGINT raise `Interrupted` from now on, in every command (the entry points call it
+    first, before JAX is imported): outside the training loop a stop exits with `EXIT_PREEMPTED` and one
+    line, never the shell's 143 or a KeyboardInterrupt traceback. The loop replaces these handlers with
+    `StopSignals` while it runs and puts them back after."""
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+
+
+def check_writable(path: storage.PathLike, what: str = "workdir") -> None:
+    """ConfigError (one line) unless `path` is, or can be made, a directory this process writes into:
+    its nearest existing ancestor must be a directory in which a probe directory can be made (and is
+    removed at once), which catches a regular file on the way, a read-only mount or directory, and
+    pseudo-filesystems such as /proc. Cheap, so commands call it before any expensive work."""
+    import tempfile
+
+    from gptjax.config import ConfigError
+
+    if storage.is_remote(path):  # a bucket has no directories to probe; its permissions fail the first write
+        return
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {existing} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gptjax-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be written: {existing}: {e.strerror}") from None
 
 
 class WorkdirLock:
@@ -49,8 +112,12 @@ class WorkdirLock:
     def __enter__(self) -> WorkdirLock:
         from gptjax.config import ConfigError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(os.fspath(self.path), "a+")  # a local disk only (workdir_lock): flock needs a descriptor
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # a local disk only (workdir_lock): flock needs a descriptor
+            file = open(os.fspath(self.path), "a+")
+        except OSError as e:  # check_writable finds these first; this is for what changed since
+            raise ConfigError(f"cannot create {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,6 +159,7 @@ class ObjectLock:
         self.url = url.rstrip("/")
         self.store = None
         self.generation = b""
+        self.holder = ""  # who holds the lock, once taking it failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,6 +181,7 @@ class ObjectLock:
             except (ValueError, KeyError, TypeError):
                 holder, age = "an unreadable lock", 0.0
             if age < self.stale_s:
+                self.holder = holder
                 raise ConfigError(f"workdir {self.url} is in use by {holder} (last heartbeat {age:.0f} s "
                                   f"ago); wait for it to finish or use another --workdir (a lock without a "
                                   f"heartbeat for {self.stale_s:.0f} s is taken over)")
@@ -120,6 +189,7 @@ class ObjectLock:
         self.generation = self.store.write(self.KEY, self._record(), if_equal=current.stamp.generation
                                            ).result().generation
         if not self.generation:
+            self.holder = "another process"
             raise ConfigError(f"workdir {self.url} was locked by another process just now; use another "
                               f"--workdir or wait for it to finish")
         self._thread = threading.Thread(target=self._beat, daemon=True)

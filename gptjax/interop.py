@@ -10,7 +10,8 @@ from it. `export_hf(workdir, hf_dir)` writes the inverse.
 Each family is one table of `Tensor` rows (a gptjax parameter ← the HF tensors it is made of, and how):
 GPT-2's Conv1D weights are already (in, out) as ours; torch Linear weights (BERT, T5) are (out, in) and
 are transposed; BERT's and T5's separate query/key/value matrices are concatenated into `c_attn`
-(q|k|v) and T5's cross-attention key/value into `c_kv` (k|v). Every shape is checked against
+(q|k|v) and T5's cross-attention key/value into `c_kv` (k|v), whose parts have an axis of their own here
+([D, 3, D] for HF's [D, 3D]: the same numbers, reshaped). Every shape is checked against
 `abstract_params` of the config, and a tensor of the file that no row uses is an error naming it, so a
 checkpoint of a variant this code does not implement is refused instead of half-loaded.
 """
@@ -53,6 +54,17 @@ class Tensor:
     path: tuple
     names: tuple[str, ...]
     how: str = "copy"
+
+
+# Fused projections (gptjax.layers.FusedDense): HF's [D, n·F] kernel and [n·F] bias are our [D, n, F]
+# and [n, F], the parts on their own axis.
+FUSED = ("c_attn", "c_kv")
+
+
+def _fused_to_hf(path: tuple, value: np.ndarray) -> np.ndarray:
+    if len(path) < 2 or path[-2] not in FUSED:
+        return value
+    return value.reshape(value.shape[0], -1) if path[-1] == "kernel" else value.reshape(-1)
 
 
 # HF activation names → ours. GPT-2's "gelu_new" is the tanh approximation (our `gelu`); BERT's "gelu"
@@ -264,7 +276,13 @@ def read_hf_dir(hf_dir: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]
     hf_dir = storage.path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"{hf_dir} has no config.json (expected a Hugging Face model directory)")
-    hf = json.loads((hf_dir / "config.json").read_text())
+    try:
+        hf = json.loads((hf_dir / "config.json").read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        detail = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ConfigError(f"{hf_dir / 'config.json'} is not JSON ({detail})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{hf_dir / 'config.json'} holds a JSON {type(hf).__name__}, not a model config")
     _family(hf)  # an unsupported model_type is refused before any tensor is read
     index = hf_dir / "model.safetensors.index.json"
     if (hf_dir / "model.safetensors").is_file():
@@ -317,9 +335,9 @@ def hf_experiment(hf: dict[str, Any], name: str, tokenizer: str | None = None) -
     family = _family(hf)
     model = family.model(hf)
     if tokenizer is None:
-        # Without the checkpoint's own tokenizer: bytes for GPT-2 (256 of its ids are then used), a BPE of
-        # the model's vocabulary size for the objectives that need special tokens. Meaningful text needs
-        # the checkpoint's tokenizer.json.
+        # Without the checkpoint's own tokenizer (import_hf then insists on an explicit data.tokenizer):
+        # bytes for GPT-2 (256 of its ids are then used), a BPE of the model's vocabulary size for the
+        # objectives that need special tokens. Meaningful text needs the checkpoint's tokenizer.json.
         tokenizer = "byte" if family.objective == "causal_lm" else "bpe"
     data = DataConfig(tokenizer=tokenizer, seq_len=min(DataConfig.seq_len, model.context))
     if tokenizer == "bpe":
@@ -377,6 +395,8 @@ def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: Mode
         if key not in flat:
             raise ConfigError(f"no checkpoint tensor maps to gptjax parameter {name}")
         out[key] = flat.pop(key)
+        if out[key].shape != leaf.shape and out[key].shape == _fused_to_hf(key, np.empty(leaf.shape)).shape:
+            out[key] = out[key].reshape(leaf.shape)
         if out[key].shape != leaf.shape:
             raise ConfigError(f"gptjax parameter {name} has shape {leaf.shape}, the checkpoint gives "
                               f"{out[key].shape}")
@@ -389,8 +409,10 @@ def hf_to_params(hf: dict[str, Any], tensors: dict[str, np.ndarray], model: Mode
 # step 0 in the workdir (or starts another run from it with train.init_from) with the usual overrides.
 EXPERIMENT_FILE = '''"""{name}, imported by `python -m gptjax import-hf {hf_dir} {workdir}`.
 
-    python -m gptjax train {workdir}/{name}.py --workdir {workdir} data.source=text:my.txt train.steps=500
-    python -m gptjax train {workdir}/{name}.py train.init_from={workdir} --workdir runs/{name}-finetuned
+The settings below are the checkpoint's model and gptjax's defaults for the rest (data.source=pydoc,
+train.steps=1000, the {preset} preset at a pre-training learning rate). Fine-tune it on your text:
+
+    {finetune}
 """
 
 from gptjax.config import from_dict
@@ -402,27 +424,75 @@ def get_config():
     return from_dict(CONFIG)
 '''
 
+# What a fine-tune usually changes from pre-training, per objective: a few hundred steps, warmed up and
+# decayed, at a learning rate well below the pre-training one (T5's paper fine-tunes with Adafactor at a
+# constant 1e-3 without the relative step).
+FINETUNE = {
+    "causal_lm": "train.steps=300 optim.lr=1e-4 optim.schedule=cosine optim.warmup_steps=30",
+    "mlm_nsp": "train.steps=300 optim.lr=2e-5 optim.schedule=linear optim.warmup_steps=30",
+    "span_corruption": "train.steps=300 optim.lr=1e-3 optim.adafactor_relative_step=false",
+}
+
+
+def experiment_file(workdir: PathLike) -> storage.epath.Path:
+    """The experiment file `import_hf` writes into `workdir`: `<workdir>/<workdir's name>.py`."""
+    workdir = storage.path(workdir)
+    return workdir / f"{_absolute(workdir).name}.py"
+
+
+def finetune_command(cfg: Experiment, workdir: PathLike) -> str:
+    """The command that fine-tunes the imported model in `workdir` on a text file into a new workdir."""
+    return (f"python -m gptjax train {experiment_file(workdir)} train.init_from={workdir} "
+            f"--workdir runs/{cfg.name}-finetuned data.source=text:YOUR_TEXT {FINETUNE[cfg.objective.name]}")
+
+
+def _tokenizer_override(overrides: list[str]) -> str | None:
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.tokenizer"]
+    return values[-1].strip() if values else None
+
 
 def import_hf(hf_dir: PathLike, workdir: PathLike, overrides: list[str] = ()) -> Experiment:
     """Convert the HF model in `hf_dir` into a new gptjax workdir at step 0; returns its config.
 
-    The workdir must not exist yet (or be empty). A `tokenizer.json` in `hf_dir` is copied along.
+    The workdir must not exist yet (or be empty); the experiment is named after it and written as
+    `experiment_file(workdir)`. The checkpoint's `tokenizer.json` is copied along and used
+    (`data.tokenizer=hf`); without one, a `data.tokenizer=` override must say which tokenizer to use
+    instead, since any other tokenizer's ids mean nothing to the checkpoint's embeddings.
     """
-    hf_dir, workdir = storage.path(hf_dir), storage.path(workdir)
+    hf_dir, workdir, overrides = storage.path(hf_dir), storage.path(workdir), list(overrides)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise ConfigError(f"workdir {workdir} already exists and is not empty; import into a new one")
-    hf, tensors = read_hf_dir(hf_dir)
     has_tokenizer = (hf_dir / "tokenizer.json").is_file()
-    # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) when it has one.
-    tokenizer = "hf" if has_tokenizer else None
-    cfg = validate(apply_overrides(hf_experiment(hf, _absolute(hf_dir).name, tokenizer), list(overrides)))
+    asked = _tokenizer_override(overrides)
+    if (hf_dir / "config.json").is_file() and not has_tokenizer and asked is None:
+        # Refused before any tensor is read. Another tokenizer's ids index the checkpoint's embedding
+        # rows of other tokens: training, sampling and eval run and print nonsense as if all were well.
+        raise ConfigError(f"{hf_dir} has no tokenizer.json, and the checkpoint's embeddings are indexed by "
+                          "its tokenizer's ids: put the tokenizer.json of the same Hugging Face model "
+                          "beside its config.json (tokenizers' Tokenizer.save, or AutoTokenizer's "
+                          "save_pretrained, writes one), or pass data.tokenizer=byte (or bpe) to train "
+                          "the model on another tokenizer's ids on purpose")
+    hf, tensors = read_hf_dir(hf_dir)
+    # The checkpoint's own tokenizer (`data.tokenizer=hf`, gptjax/data/tokenizers.py) unless told otherwise.
+    tokenizer = asked or ("hf" if has_tokenizer else None)
+    try:
+        imported = hf_experiment(hf, _absolute(workdir).name, tokenizer)
+    except (KeyError, TypeError, ValueError) as e:  # a key absent or of the wrong type
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{hf_dir / 'config.json'} is not a usable {hf['model_type']} config "
+                          f"({type(e).__name__}: {e})") from None
+    cfg = validate(apply_overrides(imported, overrides))
+    if cfg.data.tokenizer == "hf" and not has_tokenizer:
+        raise ConfigError(f"data.tokenizer=hf needs {hf_dir / 'tokenizer.json'}, which does not exist")
     params = hf_to_params(hf, tensors, cfg.model)
     from gptjax.checkpoint import Checkpointer
 
     workdir.mkdir(parents=True, exist_ok=True)
     storage.write_atomic(workdir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-    storage.write_atomic(workdir / f"{cfg.name}.py", EXPERIMENT_FILE.format(
-        hf_dir=hf_dir, workdir=workdir, name=cfg.name, config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
+    storage.write_atomic(experiment_file(workdir), EXPERIMENT_FILE.format(
+        hf_dir=hf_dir, workdir=workdir, name=cfg.name, preset=cfg.optim.preset,
+        finetune=finetune_command(cfg, workdir), config=pprint.pformat(to_dict(cfg), sort_dicts=False)))
     if has_tokenizer:
         storage.write_atomic(workdir / "tokenizer.json", (hf_dir / "tokenizer.json").read_bytes())
     # Parameters only: the first `train` in this workdir creates the optimizer state of its own config.
@@ -480,7 +550,7 @@ def export_hf(workdir: PathLike, hf_dir: PathLike) -> Experiment:
     flat = {key: np.asarray(leaf) for key, leaf in flatten_dict(params).items()}
     tensors = {}
     for row in family.tensors(m):
-        value = flat[row.path]
+        value = _fused_to_hf(row.path, flat[row.path])
         if row.how == "copy":
             tensors[row.names[0]] = value
         elif row.how == "T":

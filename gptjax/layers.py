@@ -5,6 +5,10 @@ Shape letters used in local names (nanodo's habit):
     F MLP hidden width · V vocabulary · N layers
 
 Parameters are created float32; `dtype` is the activation dtype (bfloat16 for mixed precision).
+Every parameter names its dimensions (`logical_axes` metadata: "embed", "heads", "mlp", ...) and the main
+activations are constrained by name (`sharding.constrain`); gptjax/sharding.py maps names onto the mesh.
+Fused projections keep their parts on an axis of their own (q|k|v: [D, 3, H·K]), so that splitting heads
+over devices never cuts across the parts.
 Attention softmax runs in float32 on the einsum path, and `jax.nn.dot_product_attention` does the same
 internally on the XLA path.
 """
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import Activation, AttentionImpl, registry
+from gptjax.sharding import AXES_KEY, constrain
 
 INIT_STD = 0.02  # GPT-2's N(0, 0.02)
 
@@ -55,13 +60,43 @@ def flat_dot_general(x, kernel, dimension_numbers, precision=None, out_sharding=
     return y_NF.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
-def dense(d_in: int, d_out: int, *, std, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A Linear layer with N(0, std²) weights; `std` may be a [d_out] vector (one std per output)."""
+def dense(d_in: int, d_out: int, *, std, bias: bool, dtype, rngs: nnx.Rngs,
+          axes: tuple[str | None, str | None]) -> nnx.Linear:
+    """A Linear layer with N(0, std²) weights; `std` may be a [d_out] vector (one std per output).
+    `axes` are the logical names of the input and output dimensions."""
     init = nnx.initializers.normal(1.0)
     kernel_init = lambda key, shape, dtype: init(key, shape, dtype) * jnp.asarray(std, dtype)
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
                       kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs,
-                      dot_general=flat_dot_general)
+                      dot_general=flat_dot_general, kernel_metadata={AXES_KEY: axes},
+                      bias_metadata={AXES_KEY: axes[1:]})
+
+
+class FusedDense(nnx.Module):
+    """n Linear layers of one input taken as one matmul: kernel [D, n, F], output [..., n, F].
+
+    The parts (q|k|v, or a gated MLP's gate|up) have their own axis, so `F` can be split over devices
+    (heads, hidden units) with every device holding its share of each part. Initialised exactly as the
+    [D, n·F] Linear it replaces (same keys, same draws); `std` is a scalar or an [n·F] vector.
+    """
+
+    def __init__(self, d_in: int, n: int, d_out: int, *, std, bias: bool, dtype, rngs: nnx.Rngs,
+                 axes: tuple[str | None, str | None]):
+        std_NF = jnp.broadcast_to(jnp.asarray(std, jnp.float32), (n * d_out,)).reshape(n, d_out)
+        kernel = nnx.initializers.normal(1.0)(rngs.params(), (d_in, n, d_out), jnp.float32) * std_NF
+        self.kernel = nnx.Param(kernel, **{AXES_KEY: (axes[0], None, axes[1])})
+        self.bias = nnx.Param(jnp.zeros((n, d_out), jnp.float32), **{AXES_KEY: (None, axes[1])}) if bias \
+            else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        kernel = self.kernel[...].astype(self.dtype)
+        # One 2-D-by-3-D product over the merged leading axes, as flat_dot_general does for nnx.Linear.
+        y_NnF = jax.lax.dot_general(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel,
+                                    (((1,), (0,)), ((), ())))
+        if self.bias is not None:
+            y_NnF = y_NnF + self.bias[...].astype(self.dtype)
+        return y_NnF.reshape(*x.shape[:-1], *kernel.shape[1:])
 
 
 def attention_mask(q_segment_BL: jax.Array | None, k_segment_BS: jax.Array | None,
@@ -115,6 +150,9 @@ def auto_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal: bool, scale: fl
 
 ATTENTION_IMPLS = registry(AttentionImpl, {"auto": auto_attention, "einsum": einsum_attention,
                                            "xla": xla_attention})
+# Logical names of the activations constrained in every layer (gptjax/sharding.py maps them).
+EMBED_AXES = ("batch", "length", "embed")  # the residual stream [B, L, D]
+HEADS_AXES = ("batch", "length", "heads", "kv")  # queries, keys, values [B, L, H, K]
 
 
 class SelfAttention(nnx.Module):
@@ -126,8 +164,10 @@ class SelfAttention(nnx.Module):
     def __init__(self, d_model: int, n_head: int, *, proj_std: float, bias: bool, dropout: float,
                  impl: str, dtype, rngs: nnx.Rngs, qkv_std=INIT_STD, scale: float | None = None):
         self.n_head = n_head
-        self.c_attn = dense(d_model, 3 * d_model, std=qkv_std, bias=bias, dtype=dtype, rngs=rngs)
-        self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_attn = FusedDense(d_model, 3, d_model, std=qkv_std, bias=bias, dtype=dtype, rngs=rngs,
+                                 axes=("embed", "heads"))
+        self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs,
+                            axes=("heads", "embed"))
         self.resid_dropout = nnx.Dropout(dropout)
         self.impl = impl
         self.scale = scale  # None: 1/sqrt(head width); T5 uses 1 (its initialisation absorbs it)
@@ -136,8 +176,8 @@ class SelfAttention(nnx.Module):
                  deterministic: bool = True, rngs: nnx.Rngs | None = None):
         B, L, D = x_BLD.shape
         qkv_BL3D = self.c_attn(x_BLD)
-        q_BLHK, k_BLHK, v_BLHK = (t.reshape(B, L, self.n_head, D // self.n_head)
-                                  for t in jnp.split(qkv_BL3D, 3, axis=-1))
+        q_BLHK, k_BLHK, v_BLHK = (constrain(qkv_BL3D[:, :, i].reshape(B, L, self.n_head, D // self.n_head),
+                                            HEADS_AXES) for i in range(3))
         if cache is not None:
             # Write this call's keys/values at `index`; attend over the whole buffer, the mask
             # hides the positions not written yet.
@@ -151,9 +191,10 @@ class SelfAttention(nnx.Module):
         y_BLHK = ATTENTION_IMPLS[self.impl](q_BLHK, k_BSHK.astype(q_BLHK.dtype),
                                            v_BSHK.astype(q_BLHK.dtype), mask_B1LS,
                                            is_causal=mask_B1LS is None, scale=self.scale, bias_BHLS=bias_BHLS)
+        y_BLHK = constrain(y_BLHK, HEADS_AXES)
         y_BLD = self.resid_dropout(self.c_proj(y_BLHK.reshape(B, L, D)),
                                    deterministic=deterministic, rngs=rngs)
-        return y_BLD, cache
+        return constrain(y_BLD, EMBED_AXES), cache
 
 
 class CrossAttention(nnx.Module):
@@ -162,9 +203,12 @@ class CrossAttention(nnx.Module):
     def __init__(self, d_model: int, n_head: int, *, q_std: float, kv_std: float, proj_std: float,
                  bias: bool, dropout: float, impl: str, dtype, rngs: nnx.Rngs, scale: float | None = None):
         self.n_head = n_head
-        self.c_q = dense(d_model, d_model, std=q_std, bias=bias, dtype=dtype, rngs=rngs)
-        self.c_kv = dense(d_model, 2 * d_model, std=kv_std, bias=bias, dtype=dtype, rngs=rngs)
-        self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
+        self.c_q = dense(d_model, d_model, std=q_std, bias=bias, dtype=dtype, rngs=rngs,
+                         axes=("embed", "heads"))
+        self.c_kv = FusedDense(d_model, 2, d_model, std=kv_std, bias=bias, dtype=dtype, rngs=rngs,
+                               axes=("embed", "heads"))
+        self.c_proj = dense(d_model, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs,
+                            axes=("heads", "embed"))
         self.resid_dropout = nnx.Dropout(dropout)
         self.impl, self.scale = impl, scale
 
@@ -172,12 +216,14 @@ class CrossAttention(nnx.Module):
                  rngs: nnx.Rngs | None = None):
         B, L, D = x_BLD.shape
         S, K = enc_BSD.shape[1], D // self.n_head
-        q_BLHK = self.c_q(x_BLD).reshape(B, L, self.n_head, K)
-        k_BSHK, v_BSHK = (t.reshape(B, S, self.n_head, K) for t in jnp.split(self.c_kv(enc_BSD), 2, axis=-1))
+        q_BLHK = constrain(self.c_q(x_BLD).reshape(B, L, self.n_head, K), HEADS_AXES)
+        kv_BS2D = self.c_kv(enc_BSD)
+        k_BSHK, v_BSHK = (constrain(kv_BS2D[:, :, i].reshape(B, S, self.n_head, K), HEADS_AXES)
+                          for i in range(2))
         y_BLHK = ATTENTION_IMPLS[self.impl](q_BLHK, k_BSHK, v_BSHK, mask_B1LS, is_causal=False,
                                            scale=self.scale)
-        return self.resid_dropout(self.c_proj(y_BLHK.reshape(B, L, D)), deterministic=deterministic,
-                                  rngs=rngs)
+        y_BLD = self.c_proj(constrain(y_BLHK, HEADS_AXES).reshape(B, L, D))
+        return constrain(self.resid_dropout(y_BLD, deterministic=deterministic, rngs=rngs), EMBED_AXES)
 
 
 def relative_position_buckets(relative_LS: jax.Array, *, bidirectional: bool, n_buckets: int,
@@ -207,7 +253,7 @@ class RelativePositionBias(nnx.Module):
     def __init__(self, n_buckets: int, max_distance: int, n_head: int, *, bidirectional: bool, std: float,
                  rngs: nnx.Rngs):
         self.embedding = nnx.Param(nnx.initializers.normal(std)(rngs.params(), (n_buckets, n_head),
-                                                                jnp.float32))
+                                                                jnp.float32), **{AXES_KEY: (None, "heads")})
         self.n_buckets, self.max_distance, self.bidirectional = n_buckets, max_distance, bidirectional
 
     def __call__(self, q_positions_L: jax.Array, k_positions_S: jax.Array) -> jax.Array:
@@ -223,30 +269,58 @@ class MLP(nnx.Module):
     def __init__(self, d_model: int, d_ff: int, *, activation: str, proj_std: float, bias: bool,
                  dropout: float, dtype, rngs: nnx.Rngs, fc_std: float = INIT_STD):
         self.gated = activation == "swiglu"
-        width = 2 * d_ff if self.gated else d_ff
-        self.c_fc = dense(d_model, width, std=fc_std, bias=bias, dtype=dtype, rngs=rngs)
-        self.c_proj = dense(d_ff, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs)
+        if self.gated:  # gate | up on an axis of their own: a device's hidden units have both halves
+            self.c_fc = FusedDense(d_model, 2, d_ff, std=fc_std, bias=bias, dtype=dtype, rngs=rngs,
+                                   axes=("embed", "mlp"))
+        else:
+            self.c_fc = dense(d_model, d_ff, std=fc_std, bias=bias, dtype=dtype, rngs=rngs,
+                              axes=("embed", "mlp"))
+        self.c_proj = dense(d_ff, d_model, std=proj_std, bias=bias, dtype=dtype, rngs=rngs,
+                            axes=("mlp", "embed"))
         self.activation = ACTIVATIONS[activation]
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BLD, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        h_BLF = self.c_fc(x_BLD)
         if self.gated:
-            gate_BLF, up_BLF = jnp.split(h_BLF, 2, axis=-1)
-            h_BLF = self.activation(gate_BLF) * up_BLF
+            h_BL2F = self.c_fc(x_BLD)
+            h_BLF = self.activation(h_BL2F[..., 0, :]) * h_BL2F[..., 1, :]
         else:
-            h_BLF = self.activation(h_BLF)
-        return self.dropout(self.c_proj(h_BLF), deterministic=deterministic, rngs=rngs)
+            h_BLF = self.activation(self.c_fc(x_BLD))
+        h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
+        return constrain(self.dropout(self.c_proj(h_BLF), deterministic=deterministic, rngs=rngs), EMBED_AXES)
 
 
 def layer_norm(d_model: int, *, eps: float, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(d_model, epsilon=eps, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-                         rngs=rngs)
+                         rngs=rngs, scale_metadata={AXES_KEY: ("embed",)},
+                         bias_metadata={AXES_KEY: ("embed",)})
 
 
 def rms_norm(d_model: int, *, eps: float, dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
     """T5's layer norm: scale only, no mean subtraction, no bias."""
-    return nnx.RMSNorm(d_model, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    return nnx.RMSNorm(d_model, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+                       scale_metadata={AXES_KEY: ("embed",)})
+
+
+class Embed(nnx.Embed):
+    """nnx.Embed whose lookup first gathers the table's model-width (fsdp) shards.
+
+    Left to itself, the partitioner meets a table split over fsdp and rows split over fsdp too, and
+    replicates the looked-up activations to reconcile them; gathering the (small) table is what FSDP
+    does for every weight anyway.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        rows = self.embedding.get_metadata(AXES_KEY)[0]
+        table = constrain(self.embedding[...].astype(self.dtype), (rows, None))
+        return jnp.take(table, inputs, axis=0)
+
+
+def embed(n: int, d_model: int, *, std: float, dtype, rngs: nnx.Rngs, axes=("vocab", "embed")) -> Embed:
+    """A lookup table [n, d_model] with N(0, std²) rows; `axes` names its dimensions (position tables:
+    (None, "embed"))."""
+    return Embed(n, d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+                 embedding_init=nnx.initializers.normal(std), embedding_metadata={AXES_KEY: axes})
 
 
 class Block(nnx.Module):

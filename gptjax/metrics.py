@@ -76,6 +76,28 @@ class MetricsWriter:
         self.file = storage.Appender(self.path)
         self.tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
 
+    def resume(self, step: int) -> str:
+        """Make `metrics.jsonl` what a run that finished `step` leaves, before a start or resume at `step`
+        appends to it: lines that are not records (a line torn by a kill mid-write) are dropped, and so
+        are the records past `step` (written after the checkpoint resumed from, or past a damaged one
+        set aside), which the resumed run writes again, and an earlier setup record at `step`. Each
+        (step, split) then appears once. Returns a line saying what was dropped, or ""."""
+        self.file.flush(force=True)
+        if not self.path.exists():  # a bucket's object appears at the first upload
+            return ""
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        records, damaged = parse_records(lines)
+        kept = [r for r in current_records(records)
+                if r["step"] < step or (r["step"] == step and r["split"] != "setup")]
+        if not damaged and len(kept) == len(records):
+            return ""
+        self.file.close()
+        # atomic: a reader sees the old file or the repaired one
+        storage.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.file = storage.Appender(self.path)
+        return (f"{self.path}: dropped {len(damaged)} damaged line(s) and {len(records) - len(kept)} "
+                f"record(s) past step {step}, which this run writes again")
+
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **values}
         self.file.write(json.dumps(record) + "\n")
@@ -92,6 +114,9 @@ class MetricsWriter:
 class NullWriter:
     """For the processes of a multi-host job other than the first: they compute, process 0 records."""
 
+    def resume(self, step: int) -> str:
+        return ""
+
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         pass
 
@@ -99,11 +124,54 @@ class NullWriter:
         pass
 
 
+def parse_records(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of `metrics.jsonl` lines (objects with an integer `step` and a string `split`) and the
+    1-based numbers of the non-blank lines that are not records."""
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if (isinstance(record, dict) and isinstance(record.get("step"), int)
+                and isinstance(record.get("split"), str)):
+            records.append(record)
+        else:
+            damaged.append(number)
+    return records, damaged
+
+
+def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the run as it now stands: a `setup` record at step S (a start or a resume there)
+    supersedes every earlier record past S and an earlier setup at S, so that a file written by a run
+    that resumed from an older checkpoint holds each (step, split) once."""
+    current: list[dict[str, Any]] = []
+    for record in records:
+        if record["split"] == "setup":
+            at = record["step"]
+            current = [r for r in current if r["step"] < at or (r["step"] == at and r["split"] != "setup")]
+        current.append(record)
+    return current
+
+
 def read_metrics(workdir: storage.PathLike) -> list[dict[str, Any]]:
+    """A workdir's current records (`current_records`). A last line that is not a record is skipped (a
+    run is writing it, or was killed mid-write; its next resume drops it); a damaged line before the last
+    is a ConfigError naming the file and the line."""
+    from gptjax.config import ConfigError
+
     path = storage.path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    records, damaged = parse_records(lines)
+    if [n for n in damaged if n != last]:
+        raise ConfigError(f"{path}: line {damaged[0]} is not a metrics record; resuming the run drops "
+                          f"damaged lines, or remove it by hand")
+    return current_records(records)
 
 
 def progress_bar(start: int, total: int, enabled: bool) -> tqdm:

@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gptjax.config import ConfigError, DecayMask, OptimConfig, RuleName, ScheduleName, registry
 from gptjax.models import tree_bytes
-from gptjax.optimizers_modern import MODERN_RULES
-from gptjax.soap import key_name
+from gptjax.optimizers_modern import MODERN_RULES, AdamHyperparameters, UpdateRule
+from gptjax.soap import key_name, linear_shape, linear_view
 
 Mask = Callable[[Any], Any]  # params -> pytree of bools, True where weight decay applies
 
@@ -43,7 +44,9 @@ STACKED_KEY = "layers"
 
 
 def _ndim(path: tuple, x) -> int:
-    return len(x.shape) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
+    """Dimensions of the parameter at `path` as a Linear would have them (`linear_shape`), without a
+    scanned layer axis."""
+    return len(linear_shape(path, x.shape)) - (1 if path and key_name(path[0]) == STACKED_KEY else 0)
 
 
 def _decay_ndim2(params: Any) -> Any:
@@ -121,38 +124,42 @@ SCHEDULES: dict[str, Callable[[OptimConfig, int], optax.Schedule]] = registry(Sc
 })
 
 
+def float32_hyperparameters(cfg: OptimConfig) -> OptimConfig:
+    """`cfg` with every float field rounded to the precision JAX computes in: float32 (as trained), or
+    float64 under `jax.enable_x64`, where nothing changes.
+
+    A vmapped group of trials holds the hyperparameters on which its trials differ as float32 arrays
+    (gptjax/trials.py); a separate run would otherwise hand optax the Python floats, and Python's
+    1 − 0.999 is not float32's (1.3e-5 apart, relative). Rounded here, both runs see the same numbers.
+    Traced values (a group's own hyperparameters) and schedules are left as they are."""
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: float(np.asarray(v, dtype)) for k, v in values.items()
+                                       if type(v) is float})
+
+
 def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of optax's update count c (0 for the first update): with t = c + 1,
     a linear ramp min(1, t/warmup_steps) times the schedule's shape (docs/optimizers.md, "Schedules");
-    linear and cosine reach `min_lr_ratio·lr` at t = total_steps and stay there."""
-    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, total_steps)
+    linear and cosine reach `min_lr_ratio·lr` at t = `optim.schedule_steps` (0: total_steps) and stay
+    there. Float fields are taken at JAX's float precision (`float32_hyperparameters`)."""
+    cfg = float32_hyperparameters(cfg)
+    return _lookup(SCHEDULES, "optim.schedule", cfg.schedule)(cfg, cfg.schedule_steps or total_steps)
 
 
 def _weight_decay(rate: float | optax.Schedule, mask: Mask) -> optax.GradientTransformation:
-    # Adds rate·θ to the update on the masked leaves; a zero rate adds nothing to the chain or its state.
-    if not callable(rate) and rate == 0:
+    # Adds rate·θ to the update on the masked leaves; a literal zero adds nothing to the chain or its
+    # state, and an array (a vmapped trial's traced rate) always adds the term, which holds no state either.
+    if isinstance(rate, (int, float)) and rate == 0:
         return optax.identity()
     return optax.add_decayed_weights(rate, mask=mask)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdamL2:
+class AdamL2(AdamHyperparameters):
     """Adam (Kingma & Ba 2015) on the L2-regularised gradient, "coupled" decay: g ← g + wd·θ on the masked
     leaves, then m and v are the usual bias-corrected moments of that g and θ ← θ − lr_t·m̂/(√v̂ + ε). The
     decay term passes through the adaptive scaling, so large-v weights are barely decayed."""
-
-    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
-    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
-    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
-
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-
-    @classmethod
-    def from_config(cls, cfg: OptimConfig) -> AdamL2:
-        return cls(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay)
 
     def build(self, lr: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
         return optax.chain(_weight_decay(self.weight_decay, mask),
@@ -161,24 +168,11 @@ class AdamL2:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdamW:
+class AdamW(AdamHyperparameters):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019): θ ← θ − lr_t·(m̂/(√v̂ + ε) + wd·θ), the
     decay beside the Adam step and outside its moments. As in optax.adamw and PyTorch, lr_t is the
     scheduled learning rate itself, so the decay per step is lr_t·wd (the paper scales wd by the schedule
     multiplier only)."""
-
-    # The OptimConfig fields that enter this rule only through arithmetic (no Python branch on their
-    # value), so a vmapped group of trials may hold them as traced values: one program for every value.
-    TRACEABLE: ClassVar[tuple[str, ...]] = ("lr", "b1", "b2", "eps", "weight_decay")
-
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-
-    @classmethod
-    def from_config(cls, cfg: OptimConfig) -> AdamW:
-        return cls(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay)
 
     def build(self, lr: optax.Schedule, mask: Mask) -> optax.GradientTransformation:
         return optax.chain(optax.scale_by_adam(self.b1, self.b2, self.eps),
@@ -204,7 +198,7 @@ def _power_decay(step, exponent):
 
 
 @dataclasses.dataclass(frozen=True)
-class Adafactor:
+class Adafactor(UpdateRule):
     """Adafactor (Shazeer & Stern 2018, Algorithms 4 and 5): v estimated from row and column averages of
     g² + ε1 for tensors whose two largest dims are ≥ `factor_min_dim` (per element otherwise), update
     U = g/√v̂ clipped to RMS ≤ d, step α_t = ρ_t·max(ε2, RMS(θ)) when `relative_step`, then momentum
@@ -244,7 +238,7 @@ class Adafactor:
             second_moment = optax.scale_by_factored_rms(
                 decay_rate=self.b2, min_dim_size_to_factor=self.factor_min_dim, epsilon=self.eps1,
                 decay_rate_fn=_bias_corrected_decay(self.b2))
-        parts = [second_moment]
+        parts = [linear_view(second_moment)]  # factored over a fused kernel's Linear shape
         if self.clip > 0:
             parts.append(optax.clip_by_block_rms(self.clip))
         parts.append(optax.scale_by_learning_rate(lr, flip_sign=False))
@@ -258,9 +252,7 @@ class Adafactor:
         return optax.chain(*parts)
 
 
-Rule = AdamL2 | AdamW | Adafactor
-
-RULES: dict[str, type[Rule]] = registry(RuleName, {
+RULES: dict[str, type[UpdateRule]] = registry(RuleName, {
     "adam_l2": AdamL2,
     "adamw": AdamW,
     "adafactor": Adafactor,
@@ -268,7 +260,7 @@ RULES: dict[str, type[Rule]] = registry(RuleName, {
 })
 
 
-def build_rule(cfg: OptimConfig) -> Rule:
+def build_rule(cfg: OptimConfig) -> UpdateRule:
     """The typed update rule `cfg.rule` with its hyperparameters taken from `cfg`."""
     return _lookup(RULES, "optim.rule", cfg.rule).from_config(cfg)
 
@@ -277,7 +269,11 @@ def build_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfo
     """The whole optax chain for `cfg`: clip the gradient's global norm to `grad_clip` (if > 0, before
     anything else, so the L2 term of adam_l2 is not clipped), then the update rule with the learning rate
     of `build_schedule(cfg, total_steps)` and weight decay on the leaves `MASKS[cfg.decay_mask]` marks
-    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none")."""
+    ("ndim>=2" decays tensors of two or more dimensions except position tables; "all"; "none"). Float
+    hyperparameters are rounded to float32 first (`float32_hyperparameters`; float64 under x64), as a
+    vmapped group holds them, so that a trial computes the same update in a group and alone."""
+    cfg = float32_hyperparameters(cfg)
+    total_steps = cfg.schedule_steps or total_steps  # the horizon, when it is not the run's length
     schedule = build_schedule(cfg, total_steps)
     mask_fn = _lookup(MASKS, "optim.decay_mask", cfg.decay_mask)
     rule = build_rule(cfg)

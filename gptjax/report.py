@@ -23,9 +23,10 @@ from collections import defaultdict
 from typing import Any
 
 from gptjax import storage
-from gptjax.config import PRESETS, ConfigError
+from gptjax.config import PRESETS, ConfigError, to_dict
 from gptjax.metrics import read_metrics
 from gptjax.sweep import read_status
+from gptjax.workdir import read_config
 
 SEED_RE = re.compile(r"(^|,)seed=\d+(?=,|$)")
 MIN_SEEDS = 3  # fewer replicates than this behind an interval: the report warns
@@ -127,6 +128,17 @@ class RunInfo:
         return sum(values) / len(values) if values else None
 
     @property
+    def cpus(self) -> int | None:
+        """The machine's CPU count beside its load average in the setup record (`cpus`), if recorded."""
+        counts = [s["cpus"] for s in self.setups if isinstance(s.get("cpus"), int)]
+        return max(counts, default=None)
+
+    @property
+    def loaded(self) -> bool:
+        """More runnable processes than CPUs when the run started: its seconds were slowed by others."""
+        return self.load is not None and self.cpus is not None and self.load > self.cpus
+
+    @property
     def jobs(self) -> int | None:
         """Sweep processes that ran beside this one (`jobs` in its setup record or status), if recorded."""
         for source in (*self.setups, self.status):
@@ -139,6 +151,23 @@ class RunInfo:
         return len(self.setups) > 1
 
 
+def _read_json(path: storage.PathLike) -> Any:
+    """A JSON file's value, or a one-line ConfigError naming the file."""
+    try:
+        return json.loads(storage.path(path).read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable or not JSON ({type(e).__name__}: {e})") from None
+
+
+def _listing(root: storage.PathLike) -> dict[str, Any]:
+    """The sweep's own `sweep.json` ({} when there is none), or a one-line ConfigError."""
+    path = storage.path(root) / "sweep.json"
+    listing = _read_json(path) if path.is_file() else {}
+    if not isinstance(listing, dict):
+        raise ConfigError(f"{path} is not a sweep listing (a JSON object); the next sweep rewrites it")
+    return listing
+
+
 def load_runs(root: storage.PathLike) -> list[RunInfo]:
     """Every variant directory under `root` that holds a config (config.json, else variant.json)."""
     root = storage.path(root)
@@ -149,13 +178,18 @@ def load_runs(root: storage.PathLike) -> list[RunInfo]:
         path = next((workdir / f for f in ("config.json", "variant.json") if (workdir / f).is_file()), None)
         if path is None:
             continue
-        cfg = json.loads(path.read_text())
+        cfg = to_dict(read_config(workdir, path.name))  # a damaged file: one line naming it
         records = read_metrics(workdir)
         log = workdir / "log.txt"
         setting = SEED_RE.sub("", workdir.name).strip(",") or workdir.name
+        try:
+            optim, train = cfg["optim"], cfg["train"]
+            fields = dict(optimizer=optim["preset"], lr=optim["lr"], seed=train["seed"], steps=train["steps"])
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a gptjax config (no {e}); restore it or move the variant "
+                              f"directory out of {root}") from None
         runs.append(RunInfo(
-            name=workdir.name, setting=setting, optimizer=cfg["optim"]["preset"], lr=cfg["optim"]["lr"],
-            seed=cfg["train"]["seed"], steps=cfg["train"]["steps"],
+            name=workdir.name, setting=setting, **fields,
             val=sorted((r for r in records if r["split"] == "val"), key=lambda r: r["step"]),
             train=sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]),
             status=read_status(workdir), cfg=_flatten(cfg),
@@ -347,6 +381,9 @@ def _execution(runs: list[RunInfo]) -> str:
     text = ", ".join(sorted(set(parts)))
     loads = [r.load for r in runs if r.load is not None]
     text += f"; load {sum(loads) / len(loads):.1f}" if loads else "; load not recorded"
+    cpus = {r.cpus for r in runs if r.cpus is not None}
+    if loads and len(cpus) == 1:
+        text += f" on {cpus.pop()} CPUs"
     return text
 
 
@@ -359,8 +396,9 @@ def environment(runs: list[RunInfo]) -> list[str]:
         for setup in r.setups[-1:]:  # the latest start: what the final numbers came from
             for key in ENVIRONMENT_KEYS:
                 value = setup.get(key)
-                if isinstance(value, dict):
-                    found.update({str(k): v for k, v in value.items()})
+                if isinstance(value, dict):  # a list (e.g. device kinds) reads as its items
+                    found.update({str(k): ", ".join(map(str, v)) if isinstance(v, list) else v
+                                  for k, v in value.items()})
                 elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
                     found[key] = value
             if isinstance(setup.get("devices"), int):
@@ -586,8 +624,7 @@ def render(root, runs: list[RunInfo], target: float | None = None, plots: list[s
     done = sum(r.finished for r in runs)
     unit, unit_text = _units(runs)
     # The sweep's own list (sweep.json) also counts the variants not started yet.
-    listing = root / "sweep.json"
-    sweep = json.loads(listing.read_text()) if listing.is_file() else {}
+    sweep = _listing(root)
     planned = sweep.get("variants", [])
     not_started = sorted(set(planned) - {r.name for r in runs})
     bits_note = " (bits/byte = nats/byte ÷ ln 2 beside them)" if unit.per_byte else ""
@@ -627,6 +664,12 @@ def render(root, runs: list[RunInfo], target: float | None = None, plots: list[s
             "parameter's RMS, on another scale: the two are never on one column or axis.", "",
             head, "|" + " --- |" * (head.count("|") - 1)]
     body += rows
+    loaded = [r for r in runs if r.loaded]
+    if loaded:
+        worst = max(loaded, key=lambda r: r.load / r.cpus)
+        warnings.append(f"{len(loaded)} run(s) started on a loaded machine, up to load average "
+                        f"{worst.load:.1f} on {worst.cpus} CPUs (`{worst.name}`): other processes slowed "
+                        f"them, so their seconds and tokens/s understate the machine; compare steps.")
     lines += ["", *recipe_section(settings, sweep.get("base"))]
     if warnings:
         lines += ["## Read with care", ""] + [f"- {w}" for w in warnings] + [""]
@@ -651,6 +694,7 @@ def write_report(root: storage.PathLike, target: float | None = None):
     """Write `root/report.md` with `curves.png` and `lr_sensitivity.png` beside it; return its path."""
     root = storage.path(root)
     runs = load_runs(root)
+    _listing(root)  # damaged: said before the plots are drawn
     settings = settings_of(runs)
     best = {mode: b for mode, group in by_mode(settings).items() if (b := best_per_optimizer(group))}
     plots = _plots(root, settings, best, _units(runs)[0]) if best else []

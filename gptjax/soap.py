@@ -49,6 +49,47 @@ def key_name(key: Any) -> str:
     return str(key)
 
 
+# Fused projections (gptjax.layers.FusedDense) keep their parts on an axis of their own: kernel [D, n, F],
+# bias [n, F]. Every shape-dependent choice of an update rule (the ndim >= 2 decay rule, Adafactor's
+# factoring, Muon's hidden matrices and orthogonalisation, SOAP's preconditioned sides) sees them as the
+# one Linear they stand for, [D, n·F] and [n·F], so the numbers do not depend on how the parameters are
+# laid out for sharding.
+FUSED_MODULES = ("c_attn", "c_kv", "c_fc")
+
+
+def linear_shape(path: tuple, shape: tuple) -> tuple:
+    """The shape of the parameter at `path` as the Linear layer it stands for: a fused kernel's or bias's
+    parts axis merged with the one after it; every other shape unchanged."""
+    names = [key_name(key) for key in path]
+    base = 1 if names and names[0] == STACKED_KEY else 0
+    linear_ndim = {"kernel": 2, "bias": 1}.get(names[-1] if names else "", -1)
+    fused = len(names) >= 2 and names[-2] in FUSED_MODULES and len(shape) == base + linear_ndim + 1
+    return (*shape[:-2], shape[-2] * shape[-1]) if fused else tuple(shape)
+
+
+def as_linear(tree: Any) -> Any:
+    """`tree` (arrays or shapes) with every fused leaf reshaped to its Linear shape."""
+    def view(path, x):
+        shape = linear_shape(path, x.shape)
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(shape, x.dtype)
+        return x.reshape(shape)
+    return jax.tree_util.tree_map_with_path(view, tree)
+
+
+def linear_view(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` applied to the Linear shapes of fused parameters (state in those shapes), updates given back
+    in the parameters' own shapes."""
+    def init(params):
+        return tx.init(as_linear(params))
+
+    def update(updates, state, params=None):
+        new, state = tx.update(as_linear(updates), state, None if params is None else as_linear(params))
+        return jax.tree.map(lambda u, like: u.reshape(like.shape), new, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def _stacked(path: tuple) -> bool:
     return bool(path) and key_name(path[0]) == STACKED_KEY
 

@@ -2,8 +2,9 @@
 
 An experiment file may define `get_sweep(base) -> dict[str, Experiment]`, `base` being its `get_config()`
 with the command line's overrides applied; every variant is a `dataclasses.replace` of it, built with the
-helpers here: `grid` (every combination of a few values per field), `quasi_random` (Halton or Sobol points
-in continuous ranges, log-uniform where asked) and `with_seeds`. `run_sweep` trains each variant in a
+helpers here: `grid` (every combination of a few values per field), `per_optimizer` (a grid per preset,
+over values of its own), `quasi_random` (Halton or Sobol points in continuous ranges, log-uniform where
+asked) and `with_seeds`. `run_sweep` trains each variant in a
 subprocess into `runs/<experiment>/<variant>/`, several at once with `jobs`, only every N-th with a shard
 i/N; a finished variant (its `status.json` says done) is skipped, an interrupted one resumes from its
 checkpoints (train() does that for any workdir that holds some), a failed one is recorded with its error
@@ -22,11 +23,13 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gptjax import storage
@@ -39,6 +42,16 @@ from gptjax.config import (
     from_dict,
     to_dict,
     validate,
+)
+from gptjax.guards import (
+    EXIT_BAD_INPUT,
+    EXIT_PREEMPTED,
+    ObjectLock,
+    Preempted,
+    StopSignals,
+    WorkdirLock,
+    check_writable,
+    stopped,
 )
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.=,+-]+")
@@ -126,21 +139,51 @@ def with_seeds(variants: dict[str, Experiment], seeds: Sequence[int]) -> dict[st
             for name, cfg in variants.items() for s in seeds}
 
 
+@dataclasses.dataclass(frozen=True)
+class Times:
+    """A sweep value relative to the preset's own: `Times(10)` on "optim.lr" is ten times the preset's lr."""
+
+    factor: float
+
+
+def _field(cfg: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not hasattr(cfg, name):
+            raise ConfigError(f"sweep axis {path!r}: no field {name!r} in {type(cfg).__name__}")
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def per_optimizer(base: Experiment, spaces: dict[str, dict[str, Sequence[Any]]]) -> dict[str, Experiment]:
+    """A grid per optimizer preset over axes of its own: {"gpt2_adam": {"optim.lr": [1e-4, 1e-3]},
+    "t5_adafactor": {"optim.lr": [Times(1), Times(10)]}}, since Adam's step sizes and Adafactor's relative
+    steps share no scale. A `Times(k)` value is k times the preset's own value of that field. Each
+    variant is `apply_changes(base, {"optim.preset": preset, **point})`, named `preset=…,lr=…` by
+    `variant_name`; the preset swaps in its whole definition, as everywhere (docs/reports.md)."""
+    variants = {}
+    for preset, axes in spaces.items():
+        own = apply_changes(base, {"optim.preset": preset})
+        paths = list(axes)
+        values = [[_field(own, p) * v.factor if isinstance(v, Times) else v for v in axes[p]] for p in paths]
+        for point in itertools.product(*values):
+            changes = {"optim.preset": preset, **dict(zip(paths, point, strict=True))}
+            variants[variant_name(changes)] = apply_changes(base, changes)
+    return variants
+
+
 def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experiment, dict[str, Experiment]]:
     """The base config (with the overrides) and the validated variants of an experiment's `get_sweep()`."""
-    import importlib.util
-
     from gptjax.config import load_experiment
 
     base = load_experiment(experiment, list(overrides))
-    path = experiment_path(experiment)
-    spec = importlib.util.spec_from_file_location(f"gptjax_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # load_experiment already ran it once, so it loads
+    path, module = _module(experiment)
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"experiment file {path} defines no get_sweep(); a sweep needs one "
                           f"(see experiments/optimizer_comparison.py)")
-    variants = module.get_sweep(base)
+    try:
+        variants = module.get_sweep(base)
+    except Exception as e:  # the user's code: where it failed, in one line
+        raise ConfigError(f"experiment file {path}: get_sweep() raised {type(e).__name__}: {e}") from None
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: get_sweep() must return a non-empty dict of name → Experiment")
     for name, cfg in variants.items():
@@ -153,6 +196,39 @@ def load_sweep(experiment: str, overrides: Sequence[str] = ()) -> tuple[Experime
         except ConfigError as e:
             raise ConfigError(f"variant {name!r}: {e}") from None
     return base, {name: dataclasses.replace(cfg, name=base.name) for name, cfg in variants.items()}
+
+
+def _module(experiment: str):
+    """(path, module) of an experiment file, loaded afresh."""
+    import importlib.util
+
+    path = experiment_path(experiment)
+    spec = importlib.util.spec_from_file_location(f"gptjax_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: report where it failed, in one line
+        raise ConfigError(f"experiment file {path} failed to load: {type(e).__name__}: {e}") from None
+    return path, module
+
+
+def defines_sweep(experiment: str) -> bool:
+    """Whether the experiment file defines `get_sweep()`."""
+    return hasattr(_module(experiment)[1], "get_sweep")
+
+
+def default_jobs() -> int:
+    """Variants at once for `make experiment`: every core this process may use when JAX computes on the
+    CPU; one on a GPU or TPU, since each JAX process claims most of the accelerator's memory. Decided
+    without importing JAX: `JAX_PLATFORMS`' first entry if set, else whether the machine has an NVIDIA or
+    TPU device file."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        on_cpu = platforms.split(",")[0].strip() == "cpu"
+    else:
+        on_cpu = not (Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel[0-9]*"))
+                      or Path("/dev/vfio/0").exists())
+    return len(os.sched_getaffinity(0)) if on_cpu else 1
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -171,13 +247,14 @@ def shard_variants(names: Sequence[str], shard: tuple[int, int]) -> list[str]:
 
 
 def _group_key(cfg: Experiment) -> str | None:
-    # The config with its traceable fields blanked: equal keys, one program. Sharded (fsdp) or
+    # The config with its traceable fields blanked: equal keys, one program. Sharded (fsdp, tensor) or
     # multi-host trials stay alone, since a vmapped group keeps its stacked state replicated, and so do
     # runs started from another's parameters (train.init_from), which the group's one init cannot serve.
     from gptjax.trials import traceable
 
     fields = traceable(cfg.optim.rule)
-    if not fields or cfg.train.fsdp != 1 or cfg.train.distributed or cfg.train.init_from:
+    t = cfg.train
+    if not fields or t.fsdp != 1 or t.tensor != 1 or t.distributed or t.init_from:
         return None
     blank = dataclasses.replace(cfg.optim, preset="", **{f: 0.0 for f in fields})
     return json.dumps(to_dict(dataclasses.replace(cfg, optim=blank)), sort_keys=True)
@@ -211,9 +288,10 @@ def shard_units(units: Sequence[Sequence[str]], shard: tuple[int, int]) -> list[
 def read_status(workdir: storage.PathLike) -> dict[str, Any]:
     path = storage.path(workdir) / STATUS
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: unknown, so the variant is run (and resumes)
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _write_status(workdir: storage.PathLike, **values: Any) -> None:
@@ -263,6 +341,52 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
     return proc
 
 
+class VariantLock(WorkdirLock):
+    """The sweep's lock on one variant (`<variant>/.sweep.lock`, an exclusive `flock` the kernel drops
+    however the sweep dies), held while the variant's child runs: only its holder writes the variant's
+    `variant.json`, `status.json` and `log.txt`, so a second sweep on the same directory leaves a variant
+    that another one is training alone (and says so) instead of recording it as failed."""
+
+    def __init__(self, workdir: storage.PathLike):
+        super().__init__(workdir)
+        self.path = storage.path(workdir) / ".sweep.lock"
+
+    def take(self) -> str:
+        """Take the lock: "" once held, else who holds it ("pid N on host")."""
+        try:
+            self.__enter__()
+        except ConfigError:
+            return self.path.read_text().strip() or "another sweep"
+        return ""
+
+
+class ObjectVariantLock(ObjectLock):
+    """`VariantLock` of a sweep in a bucket: the lock object `<variant>/.sweep.lock`, with `ObjectLock`'s
+    heartbeat and take-over of a lock whose holder died."""
+
+    KEY = ".sweep.lock"
+
+    def take(self) -> str:
+        """Take the lock: "" once held, else who holds it."""
+        try:
+            self.__enter__()
+        except ConfigError:
+            return self.holder
+        return ""
+
+
+def variant_lock(workdir: storage.PathLike) -> VariantLock | ObjectVariantLock:
+    """The sweep's lock on a variant: `flock` on a local disk, a lock object on a bucket."""
+    workdir = storage.path(workdir)
+    return ObjectVariantLock(os.fspath(workdir)) if storage.is_remote(workdir) else VariantLock(workdir)
+
+
+def _done(workdir: storage.PathLike, cfg: Experiment) -> bool:
+    # Done means done to the variant's current train.steps: raising the steps trains it on.
+    status = read_status(workdir)
+    return status.get("status") == "done" and status.get("steps") == cfg.train.steps
+
+
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
               jobs: int = 1, shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
               child_env: dict[str, str] | None = None, log=print) -> dict[str, dict[str, Any]]:
@@ -271,10 +395,13 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
     last line (their `log.txt` holds the whole output) while the others continue. With `vmap`, the
     `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
-    names the variants that no other variant could share a program with. `root` may be a bucket (gs://…):
-    each variant's output is then logged locally and copied to its `log.txt` when it finishes. `per_host`
-    (the shard is this host's, gptjax/hosts.py) refuses variants that join a multi-host job; `child_env` is
-    added to each child's environment."""
+    names the variants that no other variant could share a program with. A variant whose `VariantLock`
+    another sweep holds is left alone, with the status {"status": "running elsewhere", "holder": …}
+    returned (and nothing written into it). SIGTERM/SIGINT: no new child starts, the running ones get
+    the signal, checkpoint and exit, each is recorded `stopped` at its checkpointed step, then
+    `Preempted` is raised. `root` may be a bucket (gs://…): each variant's output is then logged locally
+    and copied to its `log.txt` when it finishes. `per_host` (the shard is this host's, gptjax/hosts.py)
+    refuses variants that join a multi-host job; `child_env` is added to each child's environment."""
     base, variants = load_sweep(experiment, overrides)
     root = storage.path(root or f"runs/{base.name}")
     if root.exists() and not root.is_dir():
@@ -284,17 +411,17 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     if per_host and (joined := sorted(n for n, v in variants.items() if v.train.distributed)):
         raise ConfigError(f"--per-host trains each variant on one host's devices, but {joined[0]} sets "
                           "train.distributed=true (a job across hosts); drop --per-host to run it on all")
+    check_writable(root, "sweep directory")
     # Shards are drawn from the whole sweep, not from what is left, so every host splits it alike.
     if vmap:
         mine = [name for unit in shard_units(vmap_groups(variants), shard) for name in unit]
     else:
         mine = shard_variants(list(variants), shard)
     root.mkdir(parents=True, exist_ok=True)
+    # Written whole under a temporary name of this process's: two sweeps at once each write the same listing.
     storage.write_atomic(root / "sweep.json", json.dumps({"experiment": base.name,
                                                           "variants": sorted(variants)}, indent=2) + "\n")
-    # Done means done to the variant's current train.steps: raising the steps trains it on.
-    todo = [name for name in mine if read_status(root / name).get("status") != "done"
-            or read_status(root / name).get("steps") != variants[name].train.steps]
+    todo = [name for name in mine if not _done(root / name, variants[name])]
     log(f"sweep {base.name}: {len(variants)} variants, {len(mine)} in shard {shard[0]}/{shard[1]}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {jobs} job(s) in {root}")
     if vmap:
@@ -307,46 +434,94 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     else:
         queue = [[name] for name in todo]
     results = {name: read_status(root / name) for name in mine if name not in todo}
-    running: dict[tuple[str, ...], tuple[subprocess.Popen, float]] = {}
-    finished = 0
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                unit = tuple(queue.pop(0))
-                running[unit] = (_start(unit, variants, root, jobs, child_env), time.time())
-            time.sleep(0.2)
-            for unit, (proc, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[unit]
-                seconds = time.time() - t0
-                error = _last_error(_log_file(root, unit[0])) if proc.returncode else ""
-                if storage.is_remote(root):
-                    for name in unit:
-                        storage.write_atomic(root / name / "log.txt", _log_file(root, name).read_bytes())
-                how = f" (vmapped, {len(unit)} trials)" if len(unit) > 1 else ""
-                for name in unit:
-                    finished += 1
-                    previous = read_status(root / name)
-                    if proc.returncode == 0 and previous.get("status") == "failed":
-                        status = previous  # a vmapped trial that diverged while the others trained on
-                    elif proc.returncode == 0:
-                        status = {"status": "done", "steps": variants[name].train.steps, "seconds": seconds}
-                        log(f"[{finished}/{len(todo)}] {name}: done in {seconds:.0f} s{how}")
-                    else:
-                        status = {"status": "failed", "returncode": proc.returncode, "error": error,
-                                  "seconds": seconds}
-                    if status["status"] == "failed":
-                        log(f"[{finished}/{len(todo)}] {name}: FAILED (exit {status['returncode']}){how}: "
-                            f"{status['error']}")
-                    _write_status(root / name, **status)
-                    results[name] = status
-    finally:
-        for proc, _ in running.values():  # Ctrl-C: the children got it too; let them checkpoint
-            proc.wait()
-    failed = sorted(name for name, s in results.items() if s.get("status") == "failed")
-    log(f"sweep {base.name}: {sum(s.get('status') == 'done' for s in results.values())} done, "
-        f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    running: dict[tuple[str, ...], tuple[subprocess.Popen, float, list, dict]] = {}
+    counter = {"finished": 0}
+
+    def record(unit: tuple[str, ...], proc: subprocess.Popen, t0: float, locks: list,
+               before: dict[str, dict]) -> None:
+        seconds = time.time() - t0
+        error = _last_error(_log_file(root, unit[0])) if proc.returncode else ""
+        if storage.is_remote(root):
+            for name in unit:
+                storage.write_atomic(root / name / "log.txt", _log_file(root, name).read_bytes())
+        how = f" (vmapped, {len(unit)} trials)" if len(unit) > 1 else ""
+        for name in unit:
+            counter["finished"] += 1
+            tally = f"[{counter['finished']}/{len(todo)}] {name}"
+            previous = read_status(root / name)
+            if proc.returncode == 0 and previous.get("status") == "failed":
+                status = previous  # a vmapped trial that diverged while the others trained on
+            elif proc.returncode == 0:
+                status = {"status": "done", "steps": variants[name].train.steps, "seconds": seconds}
+                log(f"{tally}: done in {seconds:.0f} s{how}")
+            elif proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT):
+                # (a child that the signal reached before it could catch one had not trained yet)
+                status = {"status": "stopped", "step": checkpoint_step(root / name), "seconds": seconds}
+                log(f"{tally}: stopped at step {status['step']}, its checkpoint; the same command resumes it")
+            elif proc.returncode == EXIT_BAD_INPUT and "is in use by" in error:
+                # Its workdir is being trained by a `train` outside any sweep: not this variant's failure.
+                results[name] = {"status": "running elsewhere", "holder": error}
+                log(f"{tally}: running elsewhere ({error}); left alone")
+                if before[name]:
+                    _write_status(root / name, **before[name])
+                else:
+                    (root / name / STATUS).unlink()
+                continue
+            else:
+                status = {"status": "failed", "returncode": proc.returncode, "error": error,
+                          "seconds": seconds}
+            if status["status"] == "failed":
+                log(f"{tally}: FAILED (exit {status['returncode']}){how}: {status['error']}")
+            _write_status(root / name, **status)
+            results[name] = status
+        for lock in locks:
+            lock.__exit__()
+
+    def start(unit: list[str]) -> None:
+        locks, free = [], []
+        for name in unit:
+            lock = variant_lock(root / name)
+            holder = lock.take()
+            if holder:
+                results[name] = {"status": "running elsewhere", "holder": holder}
+                log(f"{name}: running elsewhere ({holder}); left alone")
+            elif _done(root / name, variants[name]):  # finished by another sweep since the count above
+                lock.__exit__()
+                results[name] = read_status(root / name)
+            else:
+                locks.append(lock)
+                free.append(name)
+        if free:
+            before = {name: read_status(root / name) for name in free}
+            running[tuple(free)] = (_start(free, variants, root, jobs, child_env), time.time(), locks, before)
+
+    with StopSignals() as stop:
+        try:
+            while (queue or running) and not stop.received:
+                while queue and len(running) < jobs and not stop.received:
+                    start(queue.pop(0))
+                time.sleep(0.2)
+                for unit, child in list(running.items()):
+                    if child[0].poll() is not None:
+                        del running[unit]
+                        record(unit, *child)
+        finally:
+            # Stopped (or failing): the children checkpoint and exit at the step they are on. A signal
+            # from a terminal reached them already; one sent to this process alone is passed on.
+            for proc, *_ in running.values():
+                if stop.received and proc.poll() is None:
+                    proc.send_signal(stop.received)
+            for unit, child in running.items():
+                child[0].wait()
+                record(unit, *child)
+    counts = {what: sorted(n for n, s in results.items() if s.get("status") == what)
+              for what in ("done", "failed", "stopped", "running elsewhere")}
+    log(f"sweep {base.name}: " + ", ".join(
+        f"{len(names)} {what}" + (f": {', '.join(names)}" if names and what != "done" else "")
+        for what, names in counts.items() if names or what in ("done", "failed")))
+    if stop.received:
+        raise Preempted(f"stopped by {stop.name}; the variants that were training checkpointed and are "
+                        f"recorded as stopped; run the same command again to resume them")
     return results
 
 
@@ -363,6 +538,8 @@ def _guarded(work) -> tuple[int, Any]:
     except (Preempted, Diverged) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return e.exit_code, None
+    except KeyboardInterrupt as e:  # stopped outside the training loop (gptjax.guards.Interrupted)
+        return stopped(e, "outside the training loop; the sweep resumes the variant"), None
 
 
 def _run_variant(workdir) -> int:
@@ -370,7 +547,7 @@ def _run_variant(workdir) -> int:
     from gptjax.train import train
 
     cfg = validate(from_dict(json.loads((workdir / "variant.json").read_text())))
-    code, result = _guarded(lambda: train(cfg, workdir))
+    code, result = _guarded(lambda: train(cfg, workdir, execution="separate"))  # a process of its own
     if code == 0:
         print(f"final validation loss {result['val']['loss']:.4f} at step {result['step']}")
     return code
@@ -397,5 +574,8 @@ def _run_group(workdirs: Sequence) -> int:
 
 
 if __name__ == "__main__":
+    from gptjax.guards import stop_on_signals
+
+    stop_on_signals()
     paths = [storage.path(a) for a in sys.argv[1:]]
     sys.exit(_run_variant(paths[0]) if len(paths) == 1 else _run_group(paths))

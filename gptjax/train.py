@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,21 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gptjax import sharding, storage
-from gptjax.checkpoint import Checkpointer, checkpoint_steps, restore_params
-from gptjax.config import ConfigError, Experiment, from_dict, known_experiments, to_dict
+from gptjax import environment, sharding, storage
+from gptjax.checkpoint import Checkpointer, StateMismatchError, checkpoint_steps, restore_params
+from gptjax.config import ConfigError, Experiment, to_dict
 from gptjax.data import build_tokenizer, unigram_entropy
 from gptjax.flops import flops_per_token, peak_flops
 from gptjax.generate import prompt_tokens, sample_text
 from gptjax.guards import StopSignals, workdir_lock
 from gptjax.loop import Checkpointing, Evaluation, MetricsLog, Progress, StopOnSignal, Trainer, Trial
-from gptjax.metrics import MetricsWriter, NullWriter
-from gptjax.models import abstract_params, build_model, count_params, split_params, tree_bytes
+from gptjax.metrics import MetricsWriter, NullWriter, read_metrics
+from gptjax.models import abstract_model, build_model, count_params, param_axes, split_params, tree_bytes
 from gptjax.objectives import OBJECTIVES, build_objective_data
-from gptjax.optimizers import build_optimizer, build_schedule
+from gptjax.optimizers import RULES, build_optimizer, build_schedule
+from gptjax.optimizers_modern import eval_params
 from gptjax.trials import Layout, injected_optimizer, varying_fields
+from gptjax.workdir import check_init_from, check_memory, check_resume, describe_changes, read_config
 
 
 @flax.struct.dataclass
@@ -114,11 +117,23 @@ def gradients(params, batch, key, *, graphdef, cfg: Experiment, teacher=None):
     return grads, metrics
 
 
+def curvature_loss(batch, key, *, graphdef, cfg: Experiment, teacher=None):
+    """params → the mean loss of the batch's first micro-batch, for rules that estimate curvature from the
+    loss itself (`NEEDS_LOSS`: Sophia's Hessian-vector products). One micro-batch, as the step's memory is
+    sized for one; Sophia's authors also estimate on a part of the batch."""
+    micro = jax.tree_util.tree_map(lambda x: x[0], micro_batches(batch, cfg.train.grad_accum))
+    return lambda params: loss_fn(params, micro, key, graphdef=graphdef, cfg=cfg, teacher=teacher,
+                                  deterministic=cfg.model.dropout == 0.0,
+                                  denominators=denominators(micro, cfg))[0]
+
+
 def train_step(state: TrainState, batch, *, graphdef, tx, cfg: Experiment, teacher=None):
     # Dropout's key depends only on (seed, step): a resumed run draws the same masks.
     key = jax.random.fold_in(jax.random.key(cfg.train.seed), state.step)
     grads, metrics = gradients(state.params, batch, key, graphdef=graphdef, cfg=cfg, teacher=teacher)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    extra = ({"obj_fn": curvature_loss(batch, key, graphdef=graphdef, cfg=cfg, teacher=teacher)}
+             if RULES[cfg.optim.rule].NEEDS_LOSS else {})
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     # A step with a non-finite loss or gradient is not applied: the state stays as it was (the step
@@ -173,14 +188,16 @@ class Evaluator:
 def build_evaluator(cfg: Experiment, graphdef, mesh: Mesh, *, teacher=None, param_shardings=None
                     ) -> Evaluator:
     """An `Evaluator` of the resolved `cfg`; needs parameters only, no optimizer."""
-    fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, cfg=cfg, teacher=teacher),
+    fn = jax.jit(sharding.constrained_on(mesh, functools.partial(eval_step, graphdef=graphdef, cfg=cfg,
+                                                                 teacher=teacher)),
                  in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
     return Evaluator(cfg, mesh, fn)
 
 
 def inference_mesh(cfg: Experiment) -> Mesh:
-    """One data-parallel device (times train.fsdp), for sampling and evaluating a trained workdir."""
+    """One data-parallel device (times train.fsdp × train.tensor), for sampling and evaluating a trained
+    workdir."""
     return sharding.make_mesh(dataclasses.replace(cfg.train, data_parallel=1), cfg.data.batch_size)
 
 
@@ -234,10 +251,20 @@ class Steps:
         """Trial `trial`'s metrics of a step, from the step's metrics on the host."""
         return {k: float(v if self.layouts is None else v[trial]) for k, v in host.items()}
 
+    def eval_params(self, state: TrainState):
+        """The parameters to evaluate and sample from, from one trial's separate state: the trained ones,
+        or for a rule that evaluates an average (`AVERAGED`: Schedule-Free's x) that average."""
+        if not RULES[self.cfg.optim.rule].AVERAGED:
+            return state.params
+        return _eval_params(state.opt_state, state.params)
+
     def init(self) -> TrainState:
         """The loop's state at step 0: seed train.seed's parameters and fresh optimizer states."""
         params = self.init_params()
         return self.stack([fresh(params) for fresh in self.fresh])
+
+
+_eval_params = jax.jit(eval_params)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -252,18 +279,20 @@ def build_steps(*cfgs: Experiment) -> Steps:
     cfg = cfgs[0]
     group = len(cfgs) > 1
     fields = varying_fields(cfgs) if group else ()
-    if group and (cfg.train.fsdp != 1 or jax.process_count() > 1):
-        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp must be 1, and "
-                          "one host")
+    if group and (cfg.train.fsdp != 1 or cfg.train.tensor != 1 or jax.process_count() > 1):
+        raise ConfigError("vmapped trials keep their stacked state replicated: train.fsdp and train.tensor "
+                          "must be 1, and one host")
     # Each micro-batch is split over the data axis, so it is the micro-batch that must divide.
     k = cfg.train.grad_accum
     mesh = sharding.make_mesh(cfg.train, cfg.data.batch_size // k,
                               "data.batch_size" if k == 1 else "data.batch_size / train.grad_accum")
-    graphdef, abstract = abstract_params(cfg.model)
+    model = abstract_model(cfg.model)
+    graphdef, abstract = split_params(model)
+    axes = param_axes(model)  # the logical names each parameter declares, mapped onto the mesh by RULES
     teacher = load_teacher(cfg.loss.teacher, cfg.model.vocab_size) if cfg.loss.teacher else None
     separate_txs = [build_optimizer(c.optim, c.train.steps) for c in cfgs]
     states = [jax.eval_shape(functools.partial(fresh_state, tx=tx), abstract) for tx in separate_txs]
-    shardings = [sharding.state_shardings(s, mesh) for s in states]
+    shardings = [sharding.state_shardings(s, mesh, axes) for s in states]
     states = [_with_shardings(s, sh) for s, sh in zip(states, shardings, strict=True)]
     replicated = sharding.replicated(mesh)
     if group:
@@ -275,7 +304,8 @@ def build_steps(*cfgs: Experiment) -> Steps:
         state_sharding, metric_sharding = replicated, replicated
     else:
         tx, layouts = separate_txs[0], None
-        step_fn = functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher)
+        step_fn = sharding.constrained_on(
+            mesh, functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg, teacher=teacher))
         state_sharding, metric_sharding = shardings[0], replicated
     step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, metric_sharding), donate_argnums=0)
@@ -291,34 +321,34 @@ def build_steps(*cfgs: Experiment) -> Steps:
         n_params=count_params(abstract), param_bytes=tree_bytes(abstract))
 
 
-def check_workdir(workdir: storage.PathLike, cfg: Experiment) -> None:
-    """Refuse to continue a run of a different model in the same workdir (before anything is written)."""
-    path = storage.path(workdir) / "config.json"
-    if not path.exists():
+def warn_schedule_change(workdir: storage.PathLike, cfg: Experiment, log) -> None:
+    """On resume, say so when the config's schedule horizon (`optim.schedule_steps`, else `train.steps`)
+    differs from the run's so far and moves the learning rate of the next step, and how to keep it."""
+    path, at = storage.path(workdir) / "config.json", checkpoint_steps(workdir)
+    if not path.exists() or not at or at[-1] >= cfg.train.steps:
         return
-    previous = from_dict(json.loads(path.read_text()))
-    for field in dataclasses.fields(cfg.model):
-        old, new = getattr(previous.model, field.name), getattr(cfg.model, field.name)
-        if old != new and field.name not in ("dropout", "attention", "dtype"):
-            raise ConfigError(f"{workdir} holds a run with model.{field.name}={old}, not {new}; "
-                              f"use another --workdir or remove it")
+    previous, start = read_config(workdir), at[-1]
+    old_horizon = previous.optim.schedule_steps or previous.train.steps
+    new_horizon = cfg.optim.schedule_steps or cfg.train.steps
+    if old_horizon == new_horizon:
+        return
+    # Update `start` (optax's count) is the next step's; a constant schedule or a warmup gives the same.
+    old = build_schedule(previous.optim, previous.train.steps)
+    old_lr, new_lr = float(old(start)), float(build_schedule(cfg.optim, cfg.train.steps)(start))
+    if abs(new_lr - old_lr) <= 1e-6 * max(abs(old_lr), abs(new_lr)):
+        return
+    log(f"warning: {workdir}: the {cfg.optim.schedule} schedule now decays until step {new_horizon}, not "
+        f"{old_horizon} (train.steps {previous.train.steps} -> {cfg.train.steps}): step {start + 1}'s "
+        f"learning rate is {new_lr:.3g}, not the {old_lr:.3g} this run was heading for. To keep the "
+        f"schedule as it was (after step {old_horizon} the rate stays at {float(old(old_horizon - 1)):.3g}), "
+        f"add optim.schedule_steps={old_horizon}")
 
 
-def check_init_from(cfg: Experiment) -> None:
-    """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer."""
-    source = storage.path(cfg.train.init_from)
-    if not (source / "config.json").exists():
-        hint = (f" (make experiment NAME={source.name})" if source.parent.name == "runs"
-                and source.name in known_experiments() else "")
-        raise ConfigError(f"train.init_from {source} is not a gptjax workdir (no config.json); "
-                          f"train that run first{hint}")
-    if not checkpoint_steps(source):  # import-hf writes step 0
-        raise ConfigError(f"train.init_from {source} has no checkpoint yet")
-    previous = from_dict(json.loads((source / "config.json").read_text()))
-    if previous.model.family != cfg.model.family or previous.data.tokenizer != cfg.data.tokenizer:
-        raise ConfigError(f"train.init_from {source} holds a {previous.model.family} model with the "
-                          f"{previous.data.tokenizer} tokenizer; this run has {cfg.model.family} and "
-                          f"{cfg.data.tokenizer}")
+def elapsed_before(workdir: storage.PathLike, step: int) -> float:
+    """Seconds of training a resumed run's earlier processes recorded up to `step`, its checkpoint: the
+    last `elapsed_s` at or before it in metrics.jsonl (records past it are work the resume redoes)."""
+    return max((r["elapsed_s"] for r in read_metrics(workdir) if r["step"] <= step and "elapsed_s" in r),
+               default=0.0)
 
 
 def merge_init_from(params, source: storage.PathLike):
@@ -358,16 +388,19 @@ def load_for_inference(workdir: storage.PathLike) -> tuple[Experiment, Any, Any,
     return cfg, graphdef, params, build_tokenizer(cfg.data, cache=storage.path(workdir) / "tokenizer.json")
 
 
-def train(cfg: Experiment, workdir: storage.PathLike, *, log=print) -> dict[str, Any]:
+def train(cfg: Experiment, workdir: storage.PathLike, *, log=print, execution: str = "single"
+          ) -> dict[str, Any]:
     """Train (or resume) `cfg` in `workdir`; return the final validation metrics and the sample.
 
     Raises `Preempted` after checkpointing when SIGTERM/SIGINT arrives, `Diverged` after
     `train.max_nonfinite_steps` non-finite steps in a row, `ConfigError` for bad input (before writing).
+    `execution` is what the setup record says about how the run was executed: "single" (a run of its
+    own) or "separate" (one variant of a sweep, in a process of its own).
     """
-    return train_trials({workdir: cfg}, log=log)[workdir]
+    return train_trials({workdir: cfg}, log=log, execution=execution)[workdir]
 
 
-def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
+def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print, execution: str = "single"
                  ) -> dict[storage.PathLike, dict[str, Any]]:
     """Train (or resume) each config in its workdir: one alone, or several (as `varying_fields` allows)
     as one vmapped group, each trial writing to its workdir what it would write alone: `config.json`,
@@ -376,7 +409,9 @@ def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
     at one step. A trial with `train.max_nonfinite_steps` non-finite steps in a row is dropped (result
     {"diverged": message}) while the others train on, and `Diverged` is raised once none is left; the
     rest return {"val", "sample", "step", "val_unigram_entropy"}. SIGTERM/SIGINT: the hooks due at that
-    step run, every trial checkpoints, then `Preempted`. ConfigError for bad input, before writing."""
+    step run, every trial checkpoints, then `Preempted`. ConfigError for bad input, before writing.
+    Each setup record holds the environment (gptjax/environment.py), `execution` (a group's is "vmapped
+    group of K", else the one given), the load average at the start and the number of CPUs."""
     workdirs, cfgs = [storage.path(w) for w in trials], list(trials.values())
     if len(cfgs) > 1:
         varying_fields(cfgs)
@@ -384,7 +419,7 @@ def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
             raise ConfigError("vmapped trials start from one initialisation; train.init_from runs train "
                               "alone")
     if cfgs[0].train.init_from:
-        check_init_from(cfgs[0])
+        check_init_from(cfgs[0], None)  # a workdir of this family and tokenizer; its shapes once resolved
     # A trained tokenizer (bpe) is the same for every trial, and for the run init_from starts from.
     saved = [storage.path(cfgs[0].train.init_from or w) / "tokenizer.json" for w in workdirs]
     data = build_objective_data(cfgs[0], next((p for p in saved if p.exists()), saved[0]))
@@ -392,13 +427,23 @@ def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
         prompt_tokens(cfgs[0], data.tokenizer)  # a sample that cannot fit fails now, not after training
     sharding.initialize_distributed(cfgs[0].train)
     if cfgs[0].train.compilation_cache_dir:
-        cache = Path(cfgs[0].train.compilation_cache_dir).absolute()
-        jax.config.update("jax_compilation_cache_dir", str(cache))
+        cache = cfgs[0].train.compilation_cache_dir  # JAX reads and writes a gs:// one itself
+        cache = cache if storage.is_remote(cache) else str(Path(cache).absolute())
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     cfgs = [resolve(c, data.tokenizer.vocab_size, getattr(data, "n_classes", 0)) for c in cfgs]
     steps = build_steps(*cfgs)
+    # Everything that can be found from shapes is found here, before the workdirs are touched.
+    if cfgs[0].train.init_from:
+        check_init_from(steps.cfg, steps.abstract_params)
+    check_memory(steps.cfg, steps.mesh, steps.param_bytes,
+                 max(steps.opt_state_bytes(i) for i in range(len(cfgs))), trials=len(cfgs))
     for workdir, cfg in zip(workdirs, cfgs, strict=True):
-        check_workdir(workdir, cfg)
+        changes = check_resume(workdir, cfg, steps.abstract_params)
+        if changes:
+            log(f"{workdir}: resuming with changed fields: {describe_changes(changes)}")
+        if jax.process_index() == 0:
+            warn_schedule_change(workdir, cfg, log)
     # In a multi-host job every process computes and checkpoints (orbax writes cooperatively), but
     # only process 0 holds the locks and writes configs, metrics and samples.
     lead = jax.process_index() == 0
@@ -406,11 +451,12 @@ def train_trials(trials: dict[storage.PathLike, Experiment], *, log=print
         for workdir in workdirs if lead else ():
             stack.enter_context(workdir_lock(workdir))
         stop = stack.enter_context(StopSignals())
-        results = _train_locked(steps, data, workdirs, stop, log if lead else (lambda *_: None), lead)
+        results = _train_locked(steps, data, workdirs, stop, log if lead else (lambda *_: None), lead,
+                                execution)
     return dict(zip(trials, results.values(), strict=True))  # under the caller's own keys
 
 
-def _train_locked(steps: Steps, data, workdirs: list, stop: StopSignals, log, lead: bool):
+def _train_locked(steps: Steps, data, workdirs: list, stop: StopSignals, log, lead: bool, execution: str):
     trials = []
     for workdir, c in zip(workdirs, steps.cfgs, strict=True):
         if lead:
@@ -421,16 +467,35 @@ def _train_locked(steps: Steps, data, workdirs: list, stop: StopSignals, log, le
                             writer=MetricsWriter(workdir) if lead else NullWriter(),
                             checkpointer=Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)))
     try:
-        return _train(steps, data, trials, stop, log)
+        return _train(steps, data, trials, stop, log, execution)
     finally:
         for trial in trials:
             trial.checkpointer.close()  # waits for the asynchronous writes
             trial.writer.close()
 
 
+def _restore_trial(trial: Trial, abstract_params, abstract_opt_state, log):
+    """(items, meta) of a trial's latest checkpoint, or None; with train.reset_optimizer, the parameters
+    alone (a fresh optimizer state follows) while the checkpoint's optimizer differs from the config's."""
+    cfg, checkpointer = trial.cfg, trial.checkpointer
+    full = {"params": abstract_params, "opt_state": abstract_opt_state}
+    if not cfg.train.reset_optimizer:
+        return checkpointer.restore_latest(full, warn=log)
+    with contextlib.suppress(StateMismatchError):  # the other optimizer's state: reset below
+        restored = checkpointer.restore_latest(full, warn=log)
+        if (restored is None or "opt_state" not in restored[0]
+                or restored[1].get("optim") == dataclasses.asdict(cfg.optim)):
+            return restored
+    items, meta = checkpointer.restore_latest({"params": abstract_params}, warn=log)
+    saved = meta.get("optim", {}).get("preset", "unrecorded")
+    log(f"{cfg.name}: train.reset_optimizer: parameters of step {meta['step']} kept, a fresh "
+        f"{cfg.optim.preset} optimizer state (the checkpoint's was {saved})")
+    return items, meta
+
+
 def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     """The loop's state at the trials' latest checkpoint, or at step 0 (init_from's parameters if set)."""
-    restored = [t.checkpointer.restore_latest({"params": steps.abstract_params, "opt_state": opt}, warn=log)
+    restored = [_restore_trial(t, steps.abstract_params, opt, log)
                 for t, opt in zip(trials, steps.abstract_opt_states, strict=True)]
     at = {0 if r is None else r[1]["step"] for r in restored}
     if len(at) > 1:
@@ -465,22 +530,45 @@ def _restore(steps: Steps, trials: list[Trial], log) -> tuple[TrainState, int]:
     return steps.stack(separate), start
 
 
-def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> dict[Any, dict[str, Any]]:
+def host_batches(data, mesh: Mesh, batch_size: int):
+    """index → the global training batch on the mesh, of which this process reads only the rows its
+    devices hold (`train_batch(index, rows)`): host i of N reads its own share of a store."""
+    from gptjax.data.store import addressable_rows, put_rows
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    rows = addressable_rows(batch_sharding, batch_size)
+    if len(rows) == batch_size:  # one process (or every row here): the whole batch, as always
+        return lambda index: sharding.put_batch(data.train_batch(index), mesh)
+    return lambda index: put_rows(data.train_batch(index, rows=rows), rows, batch_sharding, batch_size)
+
+
+def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log, execution: str
+           ) -> dict[Any, dict[str, Any]]:
     cfg, t = steps.cfg, steps.cfg.train
     state, start = _restore(steps, trials, log)
+    for trial in trials:  # a torn last line, or records past a resumed step, would be read twice
+        if note := trial.writer.resume(start):
+            log(note)
+    for trial in trials if start else ():
+        trial.elapsed_before = elapsed_before(trial.workdir, start)  # elapsed_s counts on from there
     val_batches = [sharding.put_batch(b, steps.mesh) for b in data.val_batches(t.eval_batches)]
-    trainer = Trainer(steps.step, lambda index: sharding.put_batch(data.train_batch(index), steps.mesh),
-                      end=t.steps)
+    trainer = Trainer(steps.step, host_batches(data, steps.mesh, cfg.data.batch_size), end=t.steps)
     compile_s = trainer.compile(state, val_batches[0])  # ahead of time, to report its cost
     log(f"{'vmapped ' if len(trials) > 1 else ''}train step compiled in {compile_s:.1f} s")
     model_flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.objective)
     peak = peak_flops(steps.mesh.devices.flat[0])
     peak = peak * steps.mesh.devices.size if peak else None
     unigram = unigram_entropy(data.val_tokens)  # what a model that ignores context can reach
+    env = environment.announce(log)  # platform, device kinds, versions; warns when an accelerator is unused
+    # How this program ran and how busy the machine was as it started: seconds are comparable only
+    # between runs of one execution on an unloaded machine (the report says when they are not).
+    execution = f"vmapped group of {len(trials)}" if len(trials) > 1 else execution
+    machine = {"execution": execution, "load_avg": list(os.getloadavg()), "cpus": environment.cpus()}
     for i, trial in enumerate(trials):
         group = {"vmapped_trials": len(trials)} if len(trials) > 1 else {}
         trial.writer.write(start, "setup", {
-            "val_unigram_entropy": unigram, "params": steps.n_params, "param_bytes": steps.param_bytes,
+            "environment": env, **machine, "val_unigram_entropy": unigram, "params": steps.n_params,
+            "param_bytes": steps.param_bytes,
             "opt_state_bytes": steps.opt_state_bytes(i),
             "opt_state_bytes_per_param": steps.opt_state_bytes(i) / steps.n_params,
             "devices": len(steps.mesh.devices.flat), "compile_s": compile_s,
@@ -489,7 +577,7 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> d
     started = time.perf_counter()
     metrics = MetricsLog(steps, trials, summarize=OBJECTIVES[cfg.objective.name].summarize,
                          tokens_per_step=cfg.data.batch_size * cfg.data.seq_len, flops_per_token=model_flops,
-                         peak_flops=peak, progress=progress, started=started)
+                         peak_flops=peak, progress=progress, started=started, data_wait=trainer.data_wait)
     trainer.add_hook(metrics.accumulate, every=1, needs="metrics")
     trainer.add_hook(metrics.write, every=t.log_every, needs="metrics")
     trainer.add_hook(progress.tick, every=1)
@@ -509,12 +597,13 @@ def _train(steps: Steps, data, trials: list[Trial], stop: StopSignals, log) -> d
         if trial.diverged:
             results[trial.workdir] = {"diverged": trial.diverged}
             continue
+        evaluated = steps.eval_params(trial_state)
         if trial.val is None:  # resumed at the last step: nothing left to train
-            trial.val = steps.evaluate(trial_state.params, val_batches)
+            trial.val = steps.evaluate(evaluated, val_batches)
         text = ""
         # Multi-host: sample afterwards with `python -m gptjax sample`. Other objectives do not generate.
         if jax.process_count() == 1 and cfg.objective.name == "causal_lm":
-            text = sample_text(trial.cfg, steps.graphdef, trial_state.params, data.tokenizer, t.seed)
+            text = sample_text(trial.cfg, steps.graphdef, evaluated, data.tokenizer, t.seed)
             (trial.workdir / "sample.txt").write_text(text + "\n")
         results[trial.workdir] = {"val": trial.val, "sample": text, "step": int(trial_state.step),
                                   "val_unigram_entropy": unigram}

@@ -1,7 +1,7 @@
 """A vmapped group of trials: runs that differ only in their optimizer's traceable hyperparameters.
 
 The trials share the model, the update rule, the seed (so the initial parameters and every batch) and
-everything else; only the fields each rule declares in `TRACEABLE` (gptjax/optimizers.py) may differ.
+everything else; only the fields each rule declares in `TRACEABLE` (`gptjax.optimizers.RULES`) may differ.
 `optax.inject_hyperparams` turns those fields into arrays in the optimizer state, and `jax.vmap` over a
 stack of train states runs the very step a separate run uses for all trials at once: one compilation
 instead of one per trial, and small matrix multiplies batched into larger ones. Each trial's checkpoints
@@ -11,7 +11,6 @@ hold a separate run's layout (`Layout`), so a trial resumes, samples and reports
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Sequence
 
@@ -25,9 +24,7 @@ from gptjax.optimizers import RULES, build_optimizer
 
 def traceable(rule: str) -> tuple[str, ...]:
     """The OptimConfig fields that rule `rule` lets a vmapped group vary (none for an unknown rule)."""
-    # The later rules (gptjax/optimizers_modern.py) declare `traceable` fields that vmap through their own
-    # build(); through inject_hyperparams here they are not yet proven, so their groups run separately.
-    return getattr(RULES[rule], "TRACEABLE", ()) if rule in RULES else ()
+    return RULES[rule].TRACEABLE if rule in RULES else ()
 
 
 def varying_fields(cfgs: Sequence[Experiment]) -> tuple[str, ...]:
@@ -51,15 +48,11 @@ def varying_fields(cfgs: Sequence[Experiment]) -> tuple[str, ...]:
 def injected_optimizer(cfg: OptimConfig, fields: Sequence[str], total_steps: int
                        ) -> optax.GradientTransformation:
     """`build_optimizer(cfg)` with `fields` held as arrays in its state (optax.inject_hyperparams), so
-    one compiled update serves every value of them; the state's values, not `cfg`'s, are used."""
+    one compiled update serves every value of them; the state's values, not `cfg`'s, are used. The rules
+    take an array wherever they take the number, and hold the same state for it (a traced weight decay,
+    zero or not, adds wd·θ with no state, as a constant one does)."""
     def factory(**given):
-        changes = dict(given)
-        if "weight_decay" in changes:
-            # A traced rate cannot answer the rules' "is the decay zero?" test; a schedule skips it and
-            # adds wd·θ exactly as the constant would.
-            rate = changes["weight_decay"]
-            changes["weight_decay"] = lambda count: rate
-        return build_optimizer(dataclasses.replace(cfg, **changes), total_steps)
+        return build_optimizer(dataclasses.replace(cfg, **given), total_steps)
 
     # inject_hyperparams finds the hyperparameters by signature: name them.
     factory.__signature__ = inspect.Signature(
@@ -67,45 +60,26 @@ def injected_optimizer(cfg: OptimConfig, fields: Sequence[str], total_steps: int
     return optax.inject_hyperparams(factory)(**{f: getattr(cfg, f) for f in fields})
 
 
-@functools.cache
-def _decay_schedule_state() -> type:
-    # The state of a weight decay given as a schedule, as `injected_optimizer` gives it: a step count
-    # that the constant schedule ignores, and that a separate run's constant decay does not keep. Found
-    # on first use, not at import: building it starts the JAX backend, which a multi-host job must
-    # first join (jax.distributed.initialize).
-    return type(optax.add_decayed_weights(lambda count: 0.0).init({}))
-
-
-def _is_decay_schedule(x) -> bool:
-    return isinstance(x, _decay_schedule_state())
-
-
-def _moments(inner) -> list:
-    return [x for x in jax.tree.leaves(inner, is_leaf=_is_decay_schedule) if not _is_decay_schedule(x)]
-
-
 class Layout:
     """Moves one trial between the vmapped program's state (optimizer state under inject_hyperparams,
     with the trial's hyperparameters in it) and a separate run's (`build_optimizer` of the trial's own
-    config), which is what its checkpoints hold. Both hold the same moments in the same order; the
-    vmapped one adds only the hyperparameters and step counts that no value depends on (a constant decay
-    schedule's, inject_hyperparams' own), so the move is a relabelling of the same leaves."""
+    config), which is what its checkpoints hold. The inner state holds the same leaves in the same order
+    as the separate one; the vmapped one adds only the hyperparameters and inject_hyperparams' own step
+    count, which no value depends on, so the move is a relabelling of the same leaves."""
 
     def __init__(self, cfg: Experiment, fields: Sequence[str], separate_opt_state, injected_opt_state):
         self.hparams = {f: jnp.asarray(getattr(cfg.optim, f), jnp.float32) for f in fields}
         self.separate = separate_opt_state  # abstract: a separate run's optimizer state
         self.injected = injected_opt_state  # abstract: the vmapped optimizer's, the same for every trial
         own = [(x.shape, x.dtype) for x in jax.tree.leaves(separate_opt_state)]
-        if own != [(x.shape, x.dtype) for x in _moments(injected_opt_state.inner_state)]:
+        if own != [(x.shape, x.dtype) for x in jax.tree.leaves(injected_opt_state.inner_state)]:
             raise ConfigError(f"optimizer {cfg.optim.preset}: its state differs from the vmapped one's; "
                               f"run this sweep without --vmap")
 
     def to_vmapped(self, step, opt_state):
-        step = jnp.asarray(step, jnp.int32)
-        own = iter(jax.tree.leaves(opt_state))
-        inner = jax.tree.map(lambda x: x._replace(count=step) if _is_decay_schedule(x) else next(own),
-                             self.injected.inner_state, is_leaf=_is_decay_schedule)
-        return self.injected._replace(count=step, hyperparams=self.hparams, inner_state=inner)
+        inner = jax.tree.unflatten(jax.tree.structure(self.injected.inner_state), jax.tree.leaves(opt_state))
+        return self.injected._replace(count=jnp.asarray(step, jnp.int32), hyperparams=self.hparams,
+                                      inner_state=inner)
 
     def to_separate(self, opt_state):
-        return jax.tree.unflatten(jax.tree.structure(self.separate), _moments(opt_state.inner_state))
+        return jax.tree.unflatten(jax.tree.structure(self.separate), jax.tree.leaves(opt_state.inner_state))

@@ -6,6 +6,8 @@ _flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# text: sources are prepared into cached stores: the tests' go to a directory of their own, not ~/.cache.
+os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="gptjax-test-cache-"))
 
 import dataclasses  # noqa: E402
 

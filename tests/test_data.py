@@ -3,7 +3,6 @@
 import dataclasses
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from gptjax.config import ConfigError, DataConfig, Experiment
 from gptjax.data import (
     Batch,
+    BpeTokenizer,
     ByteTokenizer,
     Documents,
     LMData,
@@ -216,14 +216,47 @@ def test_split_is_by_document_and_independent_of_seed(pydoc_data):
     assert [len(s) for s in split_documents(list("abcdefghij"), 0.01, "x")] == [9, 1]
 
 
-def test_text_file_documents_separated_by_blank_lines(tmp_path):
+def store_text(data, split: str) -> str:
+    """A byte-tokenized store split's text, each document opened by "|" (for its EOT)."""
+    reader = data.store.splits[split]
+    tokens, _ = reader.read(0, reader.n_tokens)
+    return bytes(np.where(tokens == 256, ord("|"), tokens).astype(np.uint8)).decode("utf-8")
+
+
+def test_a_text_file_is_one_stream_read_through_a_cached_store(tmp_path):
     path = tmp_path / "corpus.txt"
-    docs = ["first document\nstill the first", "  indented second — ünïcode", "third document"]
-    path.write_text(f"\n\n{docs[0]}\n\n{docs[1]}\n   \n\n{docs[2]}\n", encoding="utf-8")
-    data = build_data(DataConfig(source=f"text:{path}", seq_len=8, batch_size=2, val_fraction=0.2), 0)
-    assert sorted(data.train_docs + data.val_docs) == sorted(docs)
-    assert len(data.val_docs) == 1
+    text = "".join(f"line {i}\n\n  indented — ünïcode {i}\n" for i in range(40))
+    path.write_text(text, encoding="utf-8")
+    cfg = DataConfig(source=f"text:{path}", seq_len=8, batch_size=2, val_fraction=0.2)
+    data = build_data(cfg, 0)
+    # Blank lines and indentation kept; the validation text is the file's tail, from a line start.
+    train, val = store_text(data, "train"), store_text(data, "val")
+    assert train.startswith("|") and val.startswith("|") and train[1:] + val[1:] == text
+    assert 0.15 * len(text) < len(val) < 0.25 * len(text) and val[1:] in text and val[0] == "|"
     assert data.train_batch(0).inputs.shape == (2, 8)
+    # Prepared once: a second run opens the same cached store.
+    assert build_data(cfg, 1).store.path == data.store.path
+    # data.text_split makes documents of a separator.
+    split = build_data(dataclasses.replace(cfg, text_split="\\n\\n"), 0)
+    assert split.store.path != data.store.path
+    assert split.store.splits["train"].n_documents + split.store.splits["val"].n_documents == 41
+
+
+def test_a_resumed_bpe_run_on_text_reopens_the_store_it_trained_on(tmp_path):
+    from gptjax.data.store import open_store
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"The {i % 13} cats sat on {i % 7} mats, line {i}.\n" for i in range(600)))
+    cfg = DataConfig(source=f"text:{path}", tokenizer="bpe", tokenizer_vocab=512)
+    first, tokenizer = open_store(cfg, tmp_path / "w" / "tokenizer.json")  # no workdir copy yet
+    (tmp_path / "w").mkdir()
+    tokenizer.save(tmp_path / "w" / "tokenizer.json")
+    again, _ = open_store(cfg, tmp_path / "w" / "tokenizer.json")
+    assert again.path == first.path
+    # Another tokenizer in the workdir (init_from a run trained elsewhere): a store of its own.
+    BpeTokenizer.train([path.read_text()[:5000]], 512).save(tmp_path / "w" / "tokenizer.json")
+    other, _ = open_store(cfg, tmp_path / "w" / "tokenizer.json")
+    assert other.path != first.path and other.tokenizer != first.tokenizer
 
 
 def test_text_directory_every_file_recursively(tmp_path):
@@ -233,10 +266,11 @@ def test_text_directory_every_file_recursively(tmp_path):
         (tmp_path / name).write_text(text, encoding="utf-8")
     (tmp_path / ".hidden").write_bytes(b"\xff\xfe not text")  # skipped like .git/
     data = build_data(DataConfig(source=f"text:{tmp_path}", seq_len=8, batch_size=2, val_fraction=0.25), 0)
-    assert len(data.val_docs) == 1
+    train, val = store_text(data, "train").split("|")[1:], store_text(data, "val").split("|")[1:]
+    assert len(val) == 1
     ordered = [files[k] for k in sorted(files)]  # a/b/c, a/z.md, b.txt, d.txt
-    assert [d for d in ordered if d in data.train_docs] == data.train_docs
-    assert sorted(data.train_docs + data.val_docs) == sorted(files.values())
+    assert [d for d in ordered if d in train] == train
+    assert sorted(train + val) == sorted(files.values())
 
 
 def error_of(cfg, seed=0) -> str:
@@ -247,19 +281,19 @@ def error_of(cfg, seed=0) -> str:
     return message
 
 
-def test_config_errors(tmp_path, monkeypatch):
+def test_config_errors(tmp_path):
     assert "does not exist" in error_of(DataConfig(source=f"text:{tmp_path / 'missing.txt'}"))
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café\n\nolé".encode("latin-1"))
     assert "latin1.txt is not UTF-8" in error_of(DataConfig(source=f"text:{bad}"))
     blank = tmp_path / "blank.txt"
     blank.write_text("\n\n   \n")
-    assert "empty corpus" in error_of(DataConfig(source=f"text:{blank}"))
+    assert "blank.txt holds only whitespace" in error_of(DataConfig(source=f"text:{blank}"))
     (tmp_path / "emptydir").mkdir()
-    assert "empty corpus" in error_of(DataConfig(source=f"text:{tmp_path / 'emptydir'}"))
+    assert "emptydir holds no files" in error_of(DataConfig(source=f"text:{tmp_path / 'emptydir'}"))
     one = tmp_path / "one.txt"
-    one.write_text("a single document without blank lines")
-    assert "1 document" in error_of(DataConfig(source=f"text:{one}"))
+    one.write_text("a single line, so no line start to hold out a validation tail from")
+    assert "too short to hold out" in error_of(DataConfig(source=f"text:{one}"))
     with pytest.raises(ConfigError, match=r"training split too short: 201 tokens .* at least 258 "):
         hand_data(train_docs=["x" * 200], val_docs=["y" * 200], seq_len=128)
     with pytest.raises(ConfigError, match=r"validation split too short: 21 tokens .* at least 65 "):
@@ -267,14 +301,6 @@ def test_config_errors(tmp_path, monkeypatch):
     assert "unknown data.tokenizer 'wordpiece'" in error_of(DataConfig(tokenizer="wordpiece"))
     assert "unknown data.source 'hf:x'" in error_of(DataConfig(source="hf:x"))
     assert "takes no argument" in error_of(DataConfig(source="pydoc:x"))
-
-    def unreadable(self):
-        raise PermissionError(13, "Permission denied")
-
-    good = tmp_path / "good.txt"
-    good.write_text("a\n\nb")
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
-    assert f"cannot read {good}: Permission denied" in error_of(DataConfig(source=f"text:{good}"))
 
 
 def test_unigram_entropy_by_hand():

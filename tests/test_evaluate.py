@@ -82,6 +82,23 @@ def test_eval_command(workdir, capsys, tmp_path):
     assert main(["eval", str(workdir), "--window", "16", "--stride", "17"]) == 2
 
 
+def test_eval_defaults_to_the_trained_length_and_says_how_to_reproduce_validation(workdir, capsys):
+    """The default window is data.seq_len (32 here; the model's context is 64), and the flags the command
+    prints score what training's validation scored: the same loss."""
+    assert main(["eval", str(workdir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("tokenizer: data.tokenizer=byte, 258 ids")
+    result = json.loads(lines[-1])
+    assert (result["window"], result["stride"]) == (32, 16)
+    flags = lines[-2].split("--window")[1].split(" reproduces")[0]
+    assert flags.endswith("--stride 32 --max-tokens 1024")  # 4 batches of 8 rows of 32
+    assert main(["eval", str(workdir), "--window", *flags.split()]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    val = [r for r in read_metrics(workdir) if r["split"] == "val"][-1]
+    assert result["tokens"] == val["tokens"] == 1024
+    assert result["loss"] == pytest.approx(val["ce"], rel=1e-5)
+
+
 @pytest.mark.parametrize("command", [["eval", "--window", "16"], ["sample", "--max-new-tokens", "4"]])
 def test_a_closed_pipe_ends_the_command_quietly(workdir, command):
     """`python -m gptjax eval … | head -1` or `sample … | true`: the reader is gone before the output is
@@ -95,3 +112,34 @@ def test_a_closed_pipe_ends_the_command_quietly(workdir, command):
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 0, err
     assert "BrokenPipeError" not in err and "Traceback" not in err, err
+
+
+def test_eval_of_a_store_run_streams_the_stores_validation_split(workdir, capsys, tmp_path):
+    import shutil
+
+    from gptjax.config import DataConfig
+    from gptjax.data.prepare import prepare
+    from gptjax.data.store import TokenStore
+
+    text = tmp_path / "book.txt"
+    text.write_text("".join(f"Line {i}: the {i % 7} cats sat on {i % 5} mats.\n" for i in range(200)))
+    prepare(f"text:{text}", tmp_path / "store", DataConfig(val_fraction=0.1), workers=1, progress=False,
+            log=lambda *_: None)
+    # The trained model as if trained on the store (same tokenizer): eval then scores the store's split.
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = f"store:{tmp_path / 'store'}"
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(run), "--window", "32", "--stride", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "validation split of store" in out
+    streamed = json.loads(out.strip().splitlines()[-1])
+    # The split read whole into memory and scored at once gives the same numbers.
+    cfg, graphdef, params, tokenizer = load_for_inference(run)
+    stream, docs = TokenStore(tmp_path / "store").splits["val"].read(0, int(streamed["tokens"]) + 1)
+    whole = windowed_perplexity(build_evaluator(cfg, graphdef, inference_mesh(cfg)), params, stream, docs + 1,
+                                window=32, stride=16, pad_id=tokenizer.pad_id, rows=cfg.data.batch_size)
+    assert streamed["tokens"] == whole["tokens"] == len(stream) - 1 > 500
+    assert streamed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert main(["eval", str(run), "--store", str(tmp_path / "nowhere")]) == 2

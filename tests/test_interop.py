@@ -67,9 +67,9 @@ def gpt2_dir(tmp_path_factory):
 
 
 def test_gpt2_logits_and_loss_equal_pytorch(gpt2_dir, tmp_path):
-    cfg = import_hf(gpt2_dir, tmp_path / "w")
+    cfg = import_hf(gpt2_dir, tmp_path / "w", ["data.tokenizer=byte"])
     m = cfg.model
-    assert (cfg.name, m.n_layer, m.context, m.activation) == ("tiny-gpt2", 2, 64, "gelu")
+    assert (cfg.name, m.n_layer, m.context, m.activation) == ("w", 2, 64, "gelu")
     assert cfg.optim.preset == "gpt2_adam" and cfg.model.tie_embeddings
     model = ours(tmp_path / "w", lambda m, tokens, segments: (m(tokens), m(tokens, segment_ids_BL=segments)))
     tokens = np.random.default_rng(0).integers(0, 300, (2, 24))
@@ -90,11 +90,16 @@ def test_gpt2_logits_and_loss_equal_pytorch(gpt2_dir, tmp_path):
 
 
 def test_gpt2_import_samples_and_exports_back(gpt2_dir, tmp_path, capsys):
-    assert cli.main(["import-hf", str(gpt2_dir), str(tmp_path / "w"), "train.steps=7"]) == 0
-    assert "imported" in capsys.readouterr().out
+    assert cli.main(["import-hf", str(gpt2_dir), str(tmp_path / "w"), "train.steps=7",
+                     "data.tokenizer=byte"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer data.tokenizer=byte, as asked (not the checkpoint's tokenizer)" in out
+    # The experiment file is named after the workdir, and its path printed.
+    assert f"experiment file: {tmp_path / 'w' / 'w.py'}" in out and (tmp_path / "w" / "w.py").is_file()
     assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["steps"] == 7
     assert cli.main(["sample", str(tmp_path / "w"), "--prompt", "ab", "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out.startswith("ab")
+    out, err = capsys.readouterr()
+    assert out.startswith("ab") and "tokenizer: data.tokenizer=byte, 258 ids" in err
     assert_exports_back(transformers.GPT2LMHeadModel, gpt2_dir, tmp_path)
 
 
@@ -106,17 +111,17 @@ def test_unused_and_misshapen_tensors_are_refused(gpt2_dir, tmp_path, capsys):
     tensors = load_file(bad / "model.safetensors")
     save_file({**tensors, "transformer.h.0.attn.rotary.weight": np.zeros(4, np.float32)},
               bad / "model.safetensors")
-    assert cli.main(["import-hf", str(bad), str(tmp_path / "w1")]) == 2
+    assert cli.main(["import-hf", str(bad), str(tmp_path / "w1"), "data.tokenizer=byte"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensor h.0.attn.rotary.weight" in err and "not used" in err
     save_file({**tensors, "transformer.h.1.mlp.c_fc.weight": np.zeros((32, 64), np.float32)},
               bad / "model.safetensors")
     with pytest.raises(ConfigError, match=r"blocks\.1\.mlp\.c_fc\.kernel has shape \(32, 128\)"):
-        import_hf(bad, tmp_path / "w2")
+        import_hf(bad, tmp_path / "w2", ["data.tokenizer=byte"])
     del tensors["transformer.ln_f.bias"]
     save_file(tensors, bad / "model.safetensors")
     with pytest.raises(ConfigError, match="tensor ln_f.bias is missing"):
-        import_hf(bad, tmp_path / "w3")
+        import_hf(bad, tmp_path / "w3", ["data.tokenizer=byte"])
     with pytest.raises(ConfigError, match="not empty"):
         import_hf(gpt2_dir, tmp_path)
 
@@ -128,7 +133,7 @@ def test_bfloat16_checkpoint_is_widened_to_float32(gpt2_dir, tmp_path):
     shutil.copytree(gpt2_dir, half)
     tensors = {k: v.to(torch.bfloat16) for k, v in load_file(gpt2_dir / "model.safetensors").items()}
     save_file(tensors, half / "model.safetensors")
-    import_hf(half, tmp_path / "w")
+    import_hf(half, tmp_path / "w", ["data.tokenizer=byte"])
     _, _, params = restore_params(tmp_path / "w")
     wte = np.asarray(params["wte"]["embedding"])
     assert wte.dtype == np.float32
@@ -142,7 +147,7 @@ def test_bert_mlm_nsp_logits_and_loss_equal_pytorch(tmp_path):
                                      type_vocab_size=2, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0)
     hf_dir = save(transformers.BertForPreTraining(config), tmp_path / "tiny-bert")
-    cfg = import_hf(hf_dir, tmp_path / "w")
+    cfg = import_hf(hf_dir, tmp_path / "w", ["data.tokenizer=bpe"])
     assert (cfg.model.family, cfg.model.activation, cfg.model.mlp_ratio) == ("bert", "gelu_exact", 2)
     assert cfg.model.layer_norm_eps == 1e-12 and cfg.objective.name == "mlm_nsp"
 
@@ -178,7 +183,7 @@ def test_bert_mlm_nsp_logits_and_loss_equal_pytorch(tmp_path):
 @pytest.mark.parametrize("family", ["bert", "t5"])
 def test_import_of_a_vocabulary_below_the_bpe_minimum(tmp_path, family):
     """A checkpoint's vocabulary is imported as it is, whatever its size; only training a BPE of that
-    size (what the imported workdir's data.tokenizer=bpe would do without a tokenizer.json) is refused."""
+    size (what data.tokenizer=bpe asks for, the checkpoint having no tokenizer.json) is refused."""
     from gptjax.config import validate
     from gptjax.data import build_tokenizer
 
@@ -190,7 +195,7 @@ def test_import_of_a_vocabulary_below_the_bpe_minimum(tmp_path, family):
         model = transformers.T5ForConditionalGeneration(transformers.T5Config(
             num_layers=1, num_heads=2, d_model=16, d_kv=8, d_ff=32, vocab_size=300,
             feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0))
-    cfg = import_hf(save(model, tmp_path / family), tmp_path / "w")
+    cfg = import_hf(save(model, tmp_path / family), tmp_path / "w", ["data.tokenizer=bpe"])
     assert (cfg.model.vocab_size, cfg.data.tokenizer, cfg.data.tokenizer_vocab) == (300, "bpe", 300)
     assert validate(cfg) == cfg
     with pytest.raises(ConfigError, match="data.tokenizer_vocab must be >= 512 to train a BPE, got 300"):
@@ -204,7 +209,7 @@ def test_t5_decoder_logits_and_loss_equal_pytorch(tmp_path):
                                    relative_attention_max_distance=20, dropout_rate=0.0,
                                    feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0)
     hf_dir = save(transformers.T5ForConditionalGeneration(config), tmp_path / "tiny-t5")
-    cfg = import_hf(hf_dir, tmp_path / "w")
+    cfg = import_hf(hf_dir, tmp_path / "w", ["data.tokenizer=bpe"])
     assert (cfg.model.family, cfg.model.relative_buckets, cfg.model.relative_max_distance) == ("t5", 8, 20)
     model = ours(tmp_path / "w", lambda m, enc, dec, segments: m(
         enc, dec, enc_segment_ids_BL=segments, dec_segment_ids_BT=jnp.ones_like(dec)))
@@ -237,7 +242,7 @@ def test_tokenizer_json_is_copied_and_wrapped(gpt2_dir, tmp_path):
     hf_dir = tmp_path / "with-tokenizer"
     shutil.copytree(gpt2_dir, hf_dir)
     hf_tok.save(str(hf_dir / "tokenizer.json"))
-    import_hf(hf_dir, tmp_path / "w")
+    assert import_hf(hf_dir, tmp_path / "w").data.tokenizer == "hf"
     tokenizer = HfTokenizer.load(tmp_path / "w" / "tokenizer.json")
     assert tokenizer.eot_id == tokenizer.pad_id == 0 and list(tokenizer.special_ids) == [0]
     assert tokenizer.vocab_size == hf_tok.get_vocab_size()
@@ -266,3 +271,51 @@ def test_tokenizer_wrapper_finds_bert_and_t5_special_tokens(tmp_path):
     t5.save(str(tmp_path / "t5.json"))
     tokenizer = HfTokenizer.load(tmp_path / "t5.json")
     assert (tokenizer.pad_id, tokenizer.eot_id, list(tokenizer.sentinel_ids)) == (0, 1, [5, 4])
+
+
+def test_import_without_a_tokenizer_is_refused_unless_one_is_named(gpt2_dir, tmp_path, capsys):
+    """Byte ids fed to GPT-2's embeddings train, sample and evaluate without an error, meaninglessly: an
+    import without the checkpoint's tokenizer.json says how to supply it, and writes nothing."""
+    assert cli.main(["import-hf", str(gpt2_dir), str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no tokenizer.json" in err and "data.tokenizer=byte" in err
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ConfigError, match="data.tokenizer=hf needs .*tokenizer.json"):
+        import_hf(gpt2_dir, tmp_path / "w", ["data.tokenizer=hf"])
+
+
+def test_the_printed_fine_tune_command_is_accepted(gpt2_dir, tmp_path, capsys, monkeypatch):
+    """import-hf prints a command that fine-tunes the imported model on a text file, which `train` accepts
+    as printed (a text file in place of YOUR_TEXT)."""
+    import shlex
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf_tok = Tokenizer(models.BPE())
+    hf_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tok.decoder = decoders.ByteLevel()
+    hf_tok.train_from_iterator(["hello world"] * 5, trainers.BpeTrainer(
+        vocab_size=270, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(gpt2_dir, hf_dir)
+    hf_tok.save(str(hf_dir / "tokenizer.json"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["import-hf", "hf", "gpt2-import"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer the checkpoint's tokenizer.json (data.tokenizer=hf)" in out
+    command = shlex.split(out.split("fine-tune it on a text file:\n")[1].strip())
+    assert command[:4] == ["python", "-m", "gptjax", "train"]
+    assert command[4] == "gpt2-import/gpt2-import.py" and "train.init_from=gpt2-import" in command
+    # What `train` does with it before any work: parse it, load the experiment with the overrides, check
+    # that init_from accepts the import (same family and tokenizer). Training from init_from is tested in
+    # test_train_objectives.
+    from gptjax.config import load_experiment
+    from gptjax.workdir import check_init_from
+
+    args, extra = cli.parser().parse_known_args([a.replace("YOUR_TEXT", "my.txt") for a in command[3:]])
+    assert args.workdir == "runs/gpt2-import-finetuned"
+    cfg = load_experiment(args.experiment, [*args.overrides, *extra])
+    assert (cfg.data.source, cfg.data.tokenizer, cfg.train.steps) == ("text:my.txt", "hf", 300)
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.model.n_embd) == (1e-4, "cosine", 32)
+    check_init_from(cfg, None)

@@ -1,5 +1,6 @@
-"""Two processes on localhost (CPU collectives over gloo), 4 devices each = one process with 8, and only
-process 0 writing anything but its part of the checkpoints."""
+"""Two processes on localhost (CPU collectives over gloo): 4 devices each = one process with 8, only
+process 0 writing anything but its part of the checkpoints, and each reading only its own share of a
+token store."""
 
 import collections
 import json
@@ -95,3 +96,64 @@ def test_two_processes_of_four_devices_give_the_losses_of_one_process_of_eight(t
     records = [json.loads(line) for line in lines]  # a torn line would not parse
     counts = collections.Counter((r["split"], r["step"]) for r in records)
     assert max(counts.values()) == 1 and counts[("train", steps)] == 1
+
+# One process of a two-process job: joins it, reads its rows of three global batches from the store
+# (counting the tokens it reads), assembles the global arrays and checksums them on the devices.
+SHARE_SCRIPT = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+store, port, index, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=index)
+from gptjax import sharding
+from gptjax.config import DataConfig, TrainConfig
+from gptjax.data.store import addressable_rows, put_rows, store_data
+data = store_data(DataConfig(source=f"store:{store}", seq_len=16, batch_size=8), seed=0)
+batch_sharding = sharding.batch_sharding(sharding.make_mesh(TrainConfig(data_parallel=-1), 8))
+rows = addressable_rows(batch_sharding, 8)
+read, original = [], data._train.split.read
+data._train.split.read = lambda a, b: read.append(b - a) or original(a, b)
+checksum = jax.jit(lambda x: (x * (jnp.arange(8)[:, None] + 1)).sum())
+inputs, sums = [], []
+for step in range(3):
+    batch = data.train_batch(step, rows=rows)
+    inputs.append(batch.inputs)
+    sums.append(int(checksum(put_rows(batch, rows, batch_sharding, 8).inputs).addressable_data(0)))
+np.savez(out, rows=rows, inputs=np.stack(inputs), sums=np.array(sums), read=np.array(read),
+         devices=jax.device_count())
+"""
+
+
+def test_two_processes_read_disjoint_shares_of_a_store_that_make_the_one_process_batches(tmp_path):
+    from gptjax.config import DataConfig
+    from gptjax.data.prepare import prepare
+    from gptjax.data.store import store_data
+
+    store = tmp_path / "store"
+    prepare("pydoc", store, DataConfig(), workers=1, progress=False, log=lambda *_: None)
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", SHARE_SCRIPT, str(store), str(port), str(i),
+                               str(tmp_path / f"{i}.npz")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    hosts = [np.load(tmp_path / f"{i}.npz") for i in range(2)]
+    single = store_data(DataConfig(source=f"store:{store}", seq_len=16, batch_size=8), seed=0)
+    assert all(int(h["devices"]) == 4 for h in hosts)
+    # Disjoint rows that together are the whole global batch, each host with half of it.
+    assert sorted(hosts[0]["rows"].tolist() + hosts[1]["rows"].tolist()) == list(range(8))
+    for step in range(3):
+        expected = single.train_batch(step).inputs
+        for host in hosts:
+            np.testing.assert_array_equal(host["inputs"][step], expected[host["rows"]])
+            # The global arrays assembled from the two shares are the one-process batch.
+            assert host["sums"][step] == int((expected.astype(np.int64) * (np.arange(8)[:, None] + 1)).sum())
+    # Each host read only its own windows: 4 rows of 17 tokens per step, nothing else.
+    for host in hosts:
+        assert host["read"].tolist() == [17] * 12

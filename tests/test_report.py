@@ -265,11 +265,27 @@ def test_seconds_of_different_group_sizes_are_not_compared(tmp_path):
             "vmapped ×6, 2 jobs.") in text
 
 
+def test_a_run_started_on_a_loaded_machine_is_flagged(tmp_path):
+    # Seeds 0-1 started with 5 runnable processes on 2 CPUs, seed 2 with 1.5: only the first two count.
+    runs = {("gpt2_adam", 1e-3): RUNS[("gpt2_adam", 1e-3)]}
+    for seed, losses in runs[("gpt2_adam", 1e-3)].items():
+        load = [5.0, 4.0, 3.0] if seed < 2 else [1.5, 1.0, 1.0]
+        _write_run(tmp_path, f"lr=0.001,seed={seed}", _cfg("gpt2_adam", 1e-3, seed), losses,
+                   setup={"execution": "separate", "load_avg": load, "cpus": 2})
+    loaded = load_runs(tmp_path)
+    assert [r.loaded for r in loaded] == [True, True, False] and loaded[0].cpus == 2
+    text = render(tmp_path, loaded)
+    assert ("2 run(s) started on a loaded machine, up to load average 5.0 on 2 CPUs (`lr=0.001,seed=0`)"
+            in text)
+    assert f"| separate; load {(5 + 5 + 1.5) / 3:.1f} on 2 CPUs |" in text
+    assert "loaded machine" not in render(tmp_path, loaded[2:])
+
+
 def test_mode_from_the_log_when_no_setup_record_and_resumed_runs_marked(tmp_path):
     _write_run(tmp_path, "preset=gpt2_adam,lr=0.001,seed=0", _cfg("gpt2_adam", 1e-3, 0), [2.5, 2.2], setup=[],
                log="trained vmapped with preset=gpt2_adam,lr=0.01,seed=0; the group's output is in ../x\n")
     _write_run(tmp_path, "preset=gpt3_adamw,lr=0.001,seed=0", _cfg("gpt3_adamw", 1e-3, 0), [2.4, 2.1],
-               setup=[{"vmapped_trials": 2}, {"params": 1}])
+               setup=[{"vmapped_trials": 2}, {"step": 10, "params": 1}])  # resumed at 10
     gpt2, gpt3 = load_runs(tmp_path)
     assert gpt2.mode == "vmapped" and gpt3.mode == "mixed" and gpt3.resumed
     # A variant that failed before training (no setup record, no log) makes no mode of its own.

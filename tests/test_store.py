@@ -208,9 +208,9 @@ def test_training_reads_the_store_and_refuses_another_tokenizer_in_one_line(pydo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "was tokenized with byte (vocabulary 258" in err[0]
     assert not (tmp_path / "x").exists()
-    code = main(["train", "default", f"data.source=store:{pydoc_store}", "objective.name=mlm",
-                 "model.family=bert", "data.tokenizer=bpe", "--workdir", str(tmp_path / "y")])
-    assert code == 2 and "feeds objective causal_lm only" in capsys.readouterr().err
+    code = main(["train", "default", f"data.source=store:{pydoc_store}", "objective.name=gpt1_finetune",
+                 "--workdir", str(tmp_path / "y")])
+    assert code == 2 and "gpt1_finetune needs labelled examples" in capsys.readouterr().err
 
 
 @pytest.mark.slow

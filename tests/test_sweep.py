@@ -10,9 +10,11 @@ import pytest
 from gptjax.cli import main
 from gptjax.config import PRESETS, ConfigError
 from gptjax.sweep import (
+    Times,
     grid,
     load_sweep,
     parse_shard,
+    per_optimizer,
     quasi_random,
     read_status,
     replace_path,
@@ -53,6 +55,21 @@ def test_grid_quasi_random_and_seeds_expand_as_replacements_of_the_base():
     assert len(quasi_random(base, {"optim.lr": (1e-4, 1e-2, "log")}, 5, method="halton")) == 5
     with pytest.raises(ConfigError, match="no field 'optimm'"):
         grid(base, {"optimm.lr": [1.0]})
+
+
+def test_per_optimizer_gives_each_preset_its_own_values():
+    base = tiny_experiment()
+    variants = per_optimizer(base, {"gpt2_adam": {"optim.lr": [1e-4, Times(10)], "optim.b2": [0.99]},
+                                    "t5_adafactor": {"optim.lr": [Times(1)]}})
+    # gpt2_adam's lr is 2.5e-4 and t5_adafactor's relative step 1e-3 (docs/optimizers.md, "Presets").
+    assert list(variants) == ["preset=gpt2_adam,lr=0.0001,b2=0.99", "preset=gpt2_adam,lr=0.0025,b2=0.99",
+                              "preset=t5_adafactor,lr=0.001"]
+    assert variants["preset=gpt2_adam,lr=0.0025,b2=0.99"].optim == dataclasses.replace(
+        PRESETS["gpt2_adam"], lr=2.5e-4 * 10, b2=0.99)
+    assert variants["preset=t5_adafactor,lr=0.001"].optim == PRESETS["t5_adafactor"]
+    assert variants["preset=t5_adafactor,lr=0.001"].model == base.model
+    with pytest.raises(ConfigError, match="no field 'lrr'"):
+        per_optimizer(base, {"gpt2_adam": {"optim.lrr": [Times(2)]}})
 
 
 def test_shards_cover_every_variant_exactly_once():
@@ -101,6 +118,9 @@ def test_run_skips_finished_resumes_raised_steps_and_records_a_failure(tmp_path)
     steps = [r["step"] for r in map(json.loads, (root / "preset=gpt2_adam" / "metrics.jsonl").open())
              if r["split"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
+    setups = [r for r in map(json.loads, (root / "preset=gpt2_adam" / "metrics.jsonl").open())
+              if r["split"] == "setup"]
+    assert [s["execution"] for s in setups] == ["separate", "separate"]  # a sweep's own process, twice
     assert read_status(root / "preset=gpt3_adamw")["steps"] == 4  # shard 0/2: not touched
 
 
@@ -152,6 +172,31 @@ def test_vectorised_trials_equal_separate_runs(tmp_path):
     with pytest.raises(ConfigError, match="cannot be vectorised"):
         other_rule = dataclasses.replace(base, optim=dataclasses.replace(base.optim, rule="adam_l2"))
         train_trials({tmp_path / "a": base, tmp_path / "b": other_rule})
+
+
+def test_a_group_whose_betas_differ_matches_separate_runs_to_float32_rounding():
+    """β2 0.999 beside 0.98 in one group: the group holds them as float32 and a separate run rounds its
+    Python floats to float32 too, so only the batched matmuls' summation order could set them apart. Here
+    the losses are bit-identical; before the rounding, 1 − β2 differed by 1.3e-5 and the step-12 losses
+    by 1.1e-6 (relative)."""
+    from gptjax.data import build_data
+    from gptjax.metrics import objective_loss
+    from gptjax.train import build_steps, resolve
+
+    base = tiny_experiment(steps=12)
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model, n_layer=1, n_embd=16, context=16),
+                               data=dataclasses.replace(base.data, seq_len=16, batch_size=4),
+                               optim=dataclasses.replace(PRESETS["gpt2_adam"], lr=3e-3))
+    data = build_data(base.data, base.train.seed)
+    cfgs = [resolve(replace_path(base, "optim.b2", b2), data.tokenizer.vocab_size) for b2 in (0.999, 0.98)]
+    group, alone = build_steps(*cfgs), build_steps(cfgs[0])
+    state = alone.init()
+    stacked = group.stack([state, group.fresh[1](state.params)])  # one initialisation compiled, not two
+    for k in range(12):
+        stacked, in_group = group.step(stacked, data.train_batch(k))
+        state, metrics = alone.step(state, data.train_batch(k))
+        np.testing.assert_allclose(np.asarray(objective_loss(in_group))[0], objective_loss(metrics),
+                                   rtol=3e-7, atol=0, err_msg=f"step {k + 1}")
 
 
 # Two adam_l2 trials that differ in lr, eps and weight decay (zero in one): one vmapped group. The
@@ -210,6 +255,7 @@ def test_vmap_sweep_equals_separate_runs_falls_back_skips_and_reports(vmap_sweep
     assert broken["status"] == "failed" and broken["returncode"] == 2 and "/no/such" in broken["error"]
 
     _, variants = load_sweep(str(path))
+    finals = {}
     for name in GROUP:
         separate = tmp_path / name
         train(variants[name], separate, log=lambda *_: None)
@@ -223,10 +269,23 @@ def test_vmap_sweep_equals_separate_runs_falls_back_skips_and_reports(vmap_sweep
         (state, meta), (reference, _) = _final_state(root / name), _final_state(separate)
         assert meta["step"] == 4
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state, reference)
-    # Each trial had its own optimizer: the lr 2e-5 trial moved far less than the 2.5e-4 one.
+        finals[name] = state
+    # Each trial had its own optimizer: from the same initial parameters (same seed) Adam moves each
+    # parameter by about lr per step, so the lr 2.5e-4 trial ends about 12 times as far from them as the
+    # lr 2e-5 one. (Their loss gap after 4 steps is too small to hold across JAX versions.)
     runs = {run.name: run for run in load_runs(root)}
     assert set(runs) == {*GROUP, "broken"} and all(runs[name].finished for name in GROUP)
-    assert runs["preset=bert_adam"].final_loss > runs[GROUP[1]].final_loss + 5e-3
+    assert {runs[name].setups[0]["execution"] for name in GROUP} == {"vmapped group of 2"}
+    from gptjax.data import build_tokenizer
+    from gptjax.train import init_params, resolve
+
+    cfg = resolve(variants[GROUP[0]], build_tokenizer(variants[GROUP[0]].data).vocab_size)
+    start = jax.device_get(init_params(cfg.train.seed, cfg=cfg))
+    squares = {name: jax.tree.map(lambda a, b: np.sum((np.asarray(a) - b) ** 2), finals[name]["params"],
+                                   start)
+               for name in GROUP}
+    moved = {name: np.sqrt(sum(jax.tree.leaves(tree))) for name, tree in squares.items()}
+    assert moved[GROUP[1]] > 6 * moved["preset=bert_adam"] > 0, moved
 
     # Again, on the shard that holds the group (a group is one unit of i/N): done, so nothing starts.
     group_log = (root / GROUP[0] / "log.txt").read_text()

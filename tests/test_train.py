@@ -2,13 +2,15 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
+from gptjax import environment
 from gptjax.cli import main
-from gptjax.config import ConfigError
+from gptjax.config import ConfigError, to_dict
 from gptjax.metrics import read_metrics
 from gptjax.train import load_for_inference, train
 from tests.conftest import tiny_experiment
@@ -25,13 +27,21 @@ def _params(workdir):
 def test_a_run_writes_every_output_and_learns(tmp_path):
     cfg = tiny_experiment(steps=30, eval_every=10, log_every=5, checkpoint_every=10)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=3e-3))
-    result = train(cfg, tmp_path, log=lambda *_: None)
+    logged = []
+    result = train(cfg, tmp_path, log=logged.append)
     assert json.loads((tmp_path / "config.json").read_text())["model"]["vocab_size"] == 258
     records = read_metrics(tmp_path)
+    # The setup record: the software and devices (logged in one line too), how the run executed, and
+    # the machine's load average and CPU count at its start.
+    setup = records[0]
+    assert setup["split"] == "setup" and setup["environment"] == environment.record()
+    assert environment.summary(setup["environment"]) in logged
+    assert setup["execution"] == "single" and setup["cpus"] == os.cpu_count() and len(setup["load_avg"]) == 3
     train_records = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
     for key in ("loss", "perplexity", "lr", "tokens_per_s", "elapsed_s", "accuracy", "grad_norm"):
         assert key in train_records[0]
+    assert all(r["data_wait_s"] >= 0 for r in train_records)  # measured by the prefetch test below
     assert train_records[0]["perplexity"] == pytest.approx(np.exp(train_records[0]["loss"]))
     assert all(r["tokens"] == 5 * 8 * 32 for r in train_records)  # sums over the 5 steps of a window
     last = train_records[-1]
@@ -46,18 +56,74 @@ def test_a_run_writes_every_output_and_learns(tmp_path):
     assert (tmp_path / "sample.txt").read_text() == result["sample"] + "\n"
 
 
+def test_tensorboard_reads_what_metrics_jsonl_holds(tmp_path):
+    """`tensorboard --logdir runs` (the tensorboard extra, which `make install` includes) shows each
+    numeric field of each split at its step; text and NaN are left out."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from gptjax.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    for step, loss in ((1, 5.5), (2, 5.25)):
+        writer.write(step, "train", {"loss": loss, "lr": 1e-3, "note": "text"})
+    writer.write(2, "val", {"loss": 5.0, "perplexity": float("nan")})
+    writer.close()
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/loss"]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 5.5), (2, 5.25)]
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(2, 5.0)]
+
+
 def test_resume_20_then_40_equals_40_straight(tmp_path):
     cfg20 = tiny_experiment(steps=20, checkpoint_every=10, eval_every=10, log_every=1)
     cfg40 = dataclasses.replace(cfg20, train=dataclasses.replace(cfg20.train, steps=40))
     train(cfg20, tmp_path / "resumed", log=lambda *_: None)
-    train(cfg40, tmp_path / "resumed", log=lambda *_: None)
+    first = read_metrics(tmp_path / "resumed")
+    lines = []
+    train(cfg40, tmp_path / "resumed", log=lines.append)
     train(cfg40, tmp_path / "straight", log=lambda *_: None)
     resumed, straight = _train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "straight")
     assert sorted(resumed) == list(range(1, 41))
     assert resumed == straight
+    assert not [line for line in lines if line.startswith("warning:")]  # a constant schedule: no jump
+    # elapsed_s counts on from the 20 steps before (their last record, the step-20 validation).
+    later = [r["elapsed_s"] for r in read_metrics(tmp_path / "resumed")[len(first):] if "elapsed_s" in r]
+    assert min(later) > max(r["elapsed_s"] for r in first if "elapsed_s" in r)
     for a, b in zip(jax.tree_util.tree_leaves(_params(tmp_path / "resumed")),
                     jax.tree_util.tree_leaves(_params(tmp_path / "straight")), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_resume_that_stretches_the_schedule_says_so_and_how_to_keep_it(tmp_path):
+    """Checked on a workdir's config.json and checkpoint directory alone (what the resume reads)."""
+    from gptjax.optimizers import build_schedule
+    from gptjax.train import warn_schedule_change
+
+    cfg4 = tiny_experiment(steps=4)
+    cosine = dataclasses.replace(cfg4.optim, schedule="cosine", min_lr_ratio=0.1)
+    cfg4 = dataclasses.replace(cfg4, optim=cosine)
+    cfg8 = dataclasses.replace(cfg4, train=dataclasses.replace(cfg4.train, steps=8))
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg4)))
+    lines = []
+    warn_schedule_change(tmp_path, cfg8, lines.append)
+    lr = cfg4.optim.lr
+    # Step 5 (t = 5) of a cosine over 8 steps, 3/8 of it still ahead, against the floor 0.1·lr the 4-step
+    # schedule had reached.
+    stretched = lr * (0.1 + 0.9 * np.sin(0.5 * np.pi * 3 / 8) ** 2)
+    assert len(lines) == 1 and "decays until step 8, not 4 (train.steps 4 -> 8)" in lines[0]
+    assert f"step 5's learning rate is {stretched:.3g}, not the {0.1 * lr:.3g}" in lines[0]
+    assert lines[0].endswith("add optim.schedule_steps=4")
+    # The suggested override keeps the horizon: the rate stays at its floor after step 4, and no warning.
+    kept = dataclasses.replace(cfg8, optim=dataclasses.replace(cfg8.optim, schedule_steps=4))
+    np.testing.assert_allclose(build_schedule(kept.optim, 8)(np.arange(3, 8)), 0.1 * lr, rtol=1e-6)
+    lines.clear()
+    warn_schedule_change(tmp_path, kept, lines.append)
+    constant = dataclasses.replace(cfg8, optim=dataclasses.replace(cfg8.optim, schedule="constant"))
+    before = dataclasses.replace(constant, train=cfg4.train)
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(before)))
+    warn_schedule_change(tmp_path, constant, lines.append)  # nothing moves: nothing to say
+    assert lines == []
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
@@ -85,7 +151,7 @@ def test_a_workdir_of_another_model_is_refused_and_left_alone(tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layer=3),
                                 train=dataclasses.replace(cfg.train, steps=4))
-    with pytest.raises(ConfigError, match="holds a run with model.n_layer=2, not 3"):
+    with pytest.raises(ConfigError, match=r"holds a run with model.n_layer=2 \(now 3\)"):
         train(other, tmp_path, log=lambda *_: None)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
@@ -208,3 +274,41 @@ def test_a_parameters_only_checkpoint_trains_on_with_a_fresh_optimizer(tmp_path)
     for a, b in zip(jax.tree_util.tree_leaves(_params(tmp_path / "imported")),
                     jax.tree_util.tree_leaves(_params(tmp_path / "straight")), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_prefetch_hands_out_batches_in_order_measures_the_wait_and_raises_errors_at_their_step():
+    import threading
+    import time
+
+    from gptjax.loop import Prefetch
+
+    made = []
+
+    def make(i):
+        made.append(i)
+        if i == 7:
+            raise ValueError("bad shard at 7")
+        return i * i
+
+    batches = Prefetch(make, 3, 10, depth=2)
+    deadline = time.monotonic() + 10
+    while len(made) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert made == [3, 4, 5]  # the queue holds 2 ahead, the thread blocks holding the third
+    assert [batches.get(i) for i in (3, 4, 5, 6)] == [9, 16, 25, 36]
+    with pytest.raises(ValueError, match="bad shard at 7"):
+        batches.get(7)
+    batches.close()
+
+    slow = Prefetch(lambda i: time.sleep(0.3) or i, 0, 3, depth=2)
+    assert [slow.get(i) for i in range(3)] == [0, 1, 2]
+    assert all(slow.waited[i] > 0.2 for i in range(3))  # the loop waited for every batch
+    slow.close()
+    fast = Prefetch(lambda i: i, 0, 3, depth=4)
+    time.sleep(0.3)
+    assert [fast.get(i) for i in range(3)] == [0, 1, 2] and max(fast.waited.values()) < 0.1
+    fast.close()
+    blocked = Prefetch(lambda i: i, 0, 100, depth=1)  # closed while its thread waits on a full queue
+    blocked.close()
+    assert not any(t.name == "gptjax-prefetch" and t.is_alive() for t in threading.enumerate())

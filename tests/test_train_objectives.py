@@ -95,6 +95,13 @@ def test_init_from_refuses_a_model_of_another_shape_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="not a gptjax workdir"):
         train(tiny("gpt1_finetune", init_from=str(tmp_path / "nowhere")), tmp_path / "ft2")
     assert not (tmp_path / "ft2").exists()
+    # Another tokenizer: refused with the override that fixes it.
+    bpe = tiny("gpt1_finetune", init_from=str(tmp_path / "pre"))
+    bpe = dataclasses.replace(bpe, data=dataclasses.replace(bpe.data, tokenizer="bpe"))
+    with pytest.raises(ConfigError, match="trained with data.tokenizer=byte, this run has data.tokenizer=bpe;"
+                                          ".* so add data.tokenizer=byte "):
+        train(bpe, tmp_path / "ft3")
+    assert not (tmp_path / "ft3").exists()
 
 
 @pytest.mark.parametrize("change, message", [

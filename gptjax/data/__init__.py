@@ -4,8 +4,10 @@ One place for each step: `sources.py` reads documents (or labelled examples) and
 `tokenizers.py` turns text into ids, `packing.py` packs documents into streams and samples windows,
 `batches.py` holds every batch type, and one module per objective builds its batches: `lm.py` (causal_lm),
 `masked.py` (mlm_nsp, mlm), `spans.py` (span_corruption), `classify.py` (gpt1_finetune). Each data class
-is built as `Data(cfg, seed, tokenizer, source)` and hands out `train_batch(step)`, a pure function of
-(seed, step), so training resumes from a step number alone, and `val_batches(n)`, the same every call
+is built as `Data(cfg, seed, tokenizer, source)` (source: documents, labelled examples or an opened token
+store, `store.py`) and hands out `train_batch(step, rows=None)`, a pure function of (seed, step) whose
+`rows` pick the global batch rows one process holds, so training resumes from a step number alone, and
+`val_batches(n)`, the same every call
 and for every seed. Everything here is NumPy; sharding onto devices is the trainer's job, and the
 losses are in gptjax/objectives/.
 """
@@ -34,7 +36,7 @@ def build_data(cfg: DataConfig, seed: int) -> LMData:
     """
     if cfg.tokenizer not in TOKENIZERS:
         build_tokenizer(cfg)  # the one-line error, before the source is read
-    if cfg.source.startswith("store:"):
+    if cfg.source.startswith(("store:", "text:")):  # a text source through a cached store, as in training
         from gptjax.data.store import store_data
 
         return store_data(cfg, seed)

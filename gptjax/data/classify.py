@@ -73,9 +73,12 @@ class ClassifyData:
         """Indices (into `train`) of the examples of global batch `step`."""
         return self._order.indices(step)
 
-    def train_batch(self, step: int) -> ClassifyBatch:
-        """Global batch `step`, [batch_size, seq_len]; the same for the same (seed, step), always."""
+    def train_batch(self, step: int, rows=None) -> ClassifyBatch:
+        """Global batch `step`, [batch_size, seq_len] (or only its rows `rows`); the same for the same
+        (seed, step), always."""
         index_B = self.examples(step)
+        if rows is not None:
+            index_B = index_B[np.asarray(rows, dtype=np.int64)]
         return ClassifyBatch(*(x[index_B] for x in self.train))
 
     @property

@@ -4,6 +4,8 @@ gptjax/objectives/causal_lm.py."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from gptjax.config import ConfigError, Experiment
 from gptjax.data.batches import Batch
 from gptjax.data.packing import TrainWindows, pack_documents, validation_rows
@@ -39,9 +41,11 @@ class LMData:
         self._train = TrainWindows(self.train_tokens, train_doc_S, d.seq_len, d.batch_size, seed)
         self.windows_per_epoch = self._train.windows_per_epoch
 
-    def train_batch(self, step: int) -> Batch:
-        """Global batch `step`, [batch_size, seq_len]; the same for the same (seed, step), always."""
-        return self._train.batch(step)
+    def train_batch(self, step: int, rows=None) -> Batch:
+        """Global batch `step`, [batch_size, seq_len] (or only its rows `rows`); the same for the same
+        (seed, step), always."""
+        batch = self._train.batch(step)
+        return batch if rows is None else Batch(*(x[np.asarray(rows, dtype=np.int64)] for x in batch))
 
     def val_batches(self, n: int) -> list[Batch]:
         """The first n validation batches: identical every call, padded with weight-0 rows if short."""

@@ -24,6 +24,10 @@ every visit (RoBERTa's dynamic masking) — or, with `objective.static_masking`,
 `default_rng([seed, STATIC_TAG, sequence])`, so a sequence gets the same mask in every epoch (BERT).
 Validation rows are the split's sequences in order with draws from `default_rng([VAL_SEED, row])`:
 the same every call and for every training seed.
+
+From a token store (`data.source=store:PATH`) the sequences are read by index (`StoreStreamSequences`,
+`StoreSentencePairs`) and an epoch's order is grain's `index_shuffle` (`store.StoreOrder`) instead of a
+permutation; the draws are the same.
 """
 
 from __future__ import annotations
@@ -218,7 +222,9 @@ class SentencePairs:
 
     def example(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """(tokens_L padded, type_ids_L, NSP label) of chunk i."""
-        a, b, label = self.pair(i, rng)
+        return self._row_of(*self.pair(i, rng))
+
+    def _row_of(self, a: np.ndarray, b: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray, int]:
         t = self.tokenizer
         row = np.concatenate([[t.cls_id], a, [t.sep_id], b, [t.sep_id]]).astype(np.int32)
         tokens_L = np.full(self.seq_len, t.pad_id, np.int32)
@@ -226,6 +232,125 @@ class SentencePairs:
         type_ids_L = np.zeros(self.seq_len, np.int32)
         type_ids_L[len(a) + 2:len(row)] = 1
         return tokens_L, type_ids_L, label
+
+
+class StoreStreamSequences(StreamSequences):
+    """`StreamSequences` of a token store's split, read by index: the store's stream `[EOT] d1 [EOT] d2 …`
+    read from its second token, each document start's EOT becoming the [SEP] that ends the document
+    before it and a last [SEP] after the split's end, is exactly `d1 [SEP] d2 [SEP] …`."""
+
+    def __init__(self, split, tokenizer, seq_len: int, partial: bool, what: str):
+        from gptjax.data.store import UNIGRAM_TOKENS
+
+        self.split, self.sep_id = split, tokenizer.sep_id
+        self.cls_id, self.pad_id, self.seq_len = tokenizer.cls_id, tokenizer.pad_id, seq_len
+        self.width = seq_len - 1
+        n = split.n_tokens
+        self.count = -(-n // self.width) if partial else n // self.width
+        if self.count == 0:
+            raise ConfigError(f"{what} split too short for objective mlm: {n} tokens, data.seq_len="
+                              f"{seq_len} needs at least {self.width}")
+        self.tokens = self.stream(0, min(n, UNIGRAM_TOKENS))
+
+    def stream(self, a: int, b: int) -> np.ndarray:
+        """Tokens [a, b) of the RoBERTa stream (b at most the split's length)."""
+        n = self.split.n_tokens
+        out = np.empty(0, np.int32)
+        if a < n - 1:
+            tokens, docs = self.split.read(a, min(b, n - 1) + 1)
+            out = np.where(docs[1:] > docs[:-1], self.sep_id, tokens[1:]).astype(np.int32)
+        return np.append(out, np.int32(self.sep_id)) if b >= n else out
+
+    def example(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        del rng
+        body = self.stream(i * self.width, min((i + 1) * self.width, self.split.n_tokens))
+        tokens_L = np.full(self.seq_len, self.pad_id, np.int32)
+        tokens_L[0], tokens_L[1:1 + len(body)] = self.cls_id, body
+        return tokens_L, np.zeros(self.seq_len, np.int32), 0
+
+
+class StoreSentencePairs(SentencePairs):
+    """`SentencePairs` of a token store's split, in constant memory: chunk i is the longest run of one
+    document inside tokens [i·M, (i + 1)·M) of the split (M = seq_len − 3, the document's EOT left out),
+    decoded and split into sentences that are encoded one by one as `SentencePairs` does. A chunk of one
+    sentence is cut between tokens instead; a chunk of fewer than 2 tokens (a window of 1-token
+    documents) is an empty row of weight 0. A random B starts at a uniformly drawn position of another
+    document (its first whole sentence, or the position itself at that document's start) and takes
+    sentences until it is as long as the row has room for."""
+
+    def __init__(self, split, tokenizer, seq_len: int, what: str):
+        from gptjax.data.store import UNIGRAM_TOKENS
+
+        self.max_tokens = seq_len - 3
+        if self.max_tokens < 2:
+            raise ConfigError(f"objective mlm_nsp needs data.seq_len >= 5 for [CLS] A [SEP] B [SEP], "
+                              f"got {seq_len}")
+        self.seq_len, self.tokenizer, self.split = seq_len, tokenizer, split
+        self.count = -(-split.n_tokens // self.max_tokens)
+        if split.n_documents < 2:
+            raise ConfigError(f"{what} split has {split.n_documents} documents; objective mlm_nsp needs at "
+                              "least 2 (a random next sentence comes from another one)")
+        self.tokens = split.read(0, min(split.n_tokens, UNIGRAM_TOKENS))[0]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _units(self, tokens: np.ndarray, whole_first: bool) -> list[np.ndarray]:
+        """The sentences of `tokens`, decoded and re-encoded one by one as `SentencePairs` encodes them,
+        cut to M tokens; without `whole_first` the first (a sentence's tail) is dropped when there are
+        others."""
+        # A window's edges may cut a character's bytes apart (U+FFFD once decoded): left out.
+        sentences = self._sentences(self.tokenizer.decode(tokens).strip("\ufffd"), self.tokenizer)
+        return sentences if whole_first or len(sentences) < 2 else sentences[1:]
+
+    def chunk(self, i: int) -> tuple[np.ndarray, int]:
+        """(tokens of chunk i, its document's first position)."""
+        a = i * self.max_tokens
+        b = min(a + self.max_tokens, self.split.n_tokens)
+        tokens, docs = self.split.read(a, b)
+        edges = np.flatnonzero(np.diff(docs)) + 1  # where a document starts inside the window
+        bounds = np.concatenate([[0], edges, [b - a]])
+        longest = int(np.argmax(np.diff(bounds)))
+        lo, hi = int(bounds[longest]), int(bounds[longest + 1])
+        start, _ = self.split.document_span(a + lo)
+        return tokens[lo + int(start == a + lo):hi], start
+
+    def pair(self, i: int, rng: np.random.Generator):
+        """(A, B, NSP label) of chunk i, or None for an empty row; draws: the coin, the cut, then the
+        random position."""
+        body, doc_start = self.chunk(i)
+        if len(body) < 2:
+            return None
+        label = int(rng.random() < 0.5)  # 1: B is random (BERT's convention: 0 = IsNext)
+        units = self._units(body, True)
+        if len(units) < 2:
+            units = [body[j:j + 1] for j in range(len(body))]
+        cut = int(rng.integers(1, len(units)))  # at least one unit on each side
+        a = np.concatenate(units[:cut])
+        if label == 0:
+            b = np.concatenate(units[cut:])
+        else:
+            n = self.split.n_tokens
+            doc_stop = self.split.document_span(doc_start)[1]
+            # Uniform over the positions of every other document: the chunk's document is skipped.
+            p = int(rng.integers(0, n - (doc_stop - doc_start)))
+            p += (doc_stop - doc_start) if p >= doc_start else 0
+            start, stop = self.split.document_span(p)
+            target = max(1, self.max_tokens - len(a))
+            tokens = self.split.read(p, min(stop, p + 2 * self.max_tokens + target))[0]
+            tokens = tokens[int(p == start):]
+            parts, total = [], 0
+            for sentence in self._units(tokens, p <= start + 1) if len(tokens) else []:
+                if total >= target:
+                    break
+                parts.append(sentence)
+                total += len(sentence)
+            b = np.concatenate(parts) if parts else tokens[:target]
+        a, b = truncate_pair(a, b, self.max_tokens)
+        return a, b, label
+
+    def example(self, i: int, rng: np.random.Generator):
+        return None if (pair := self.pair(i, rng)) is None else self._row_of(*pair)
 
 
 class MaskedData:
@@ -236,27 +361,45 @@ class MaskedData:
     `seq_len`, `batch_size`, `seed`, `static` (objective.static_masking).
     """
 
-    def __init__(self, cfg: Experiment, seed: int, tokenizer, docs: Documents):
+    def __init__(self, cfg: Experiment, seed: int, tokenizer, source):
         ob, d = cfg.objective, cfg.data
         self.tokenizer, self.seed, self.static = tokenizer, seed, ob.static_masking
         self.seq_len, self.batch_size = d.seq_len, d.batch_size
         self.nsp = ob.name == "mlm_nsp"
         self.spec = make_mask_spec(ob, tokenizer.vocab_size, tokenizer.special_ids, tokenizer.mask_id)
-        if self.nsp:
-            self.train = SentencePairs(docs.train, tokenizer, d.seq_len, "training")
-            self.val = SentencePairs(docs.val, tokenizer, d.seq_len, "validation")
-        else:
-            self.train = StreamSequences(docs.train, tokenizer, d.seq_len, False, "training")
-            self.val = StreamSequences(docs.val, tokenizer, d.seq_len, True, "validation")
-        self.val_tokens = self.val.tokens
-        self._order = EpochOrder(len(self.train), self.batch_size, self.seed)
+        if isinstance(source, Documents):
+            if self.nsp:
+                self.train = SentencePairs(source.train, tokenizer, d.seq_len, "training")
+                self.val = SentencePairs(source.val, tokenizer, d.seq_len, "validation")
+            else:
+                self.train = StreamSequences(source.train, tokenizer, d.seq_len, False, "training")
+                self.val = StreamSequences(source.val, tokenizer, d.seq_len, True, "validation")
+            self._order = EpochOrder(len(self.train), self.batch_size, self.seed)
+        else:  # a token store: sequences read by index, the order never materialised
+            from gptjax.data.store import StoreOrder
 
-    def sequences(self, step: int) -> np.ndarray:
-        """Indices (into `train`) of the sequences of global batch `step`."""
-        return self._order.indices(step)
+            train, val = source.splits["train"], source.splits["val"]
+            if self.nsp:
+                self.train = StoreSentencePairs(train, tokenizer, d.seq_len, "training")
+                self.val = StoreSentencePairs(val, tokenizer, d.seq_len, "validation")
+            else:
+                self.train = StoreStreamSequences(train, tokenizer, d.seq_len, False, "training")
+                self.val = StoreStreamSequences(val, tokenizer, d.seq_len, True, "validation")
+            self._order = StoreOrder(len(self.train), self.batch_size, self.seed)
+        self.val_tokens = self.val.tokens
+
+    def sequences(self, step: int, rows=None) -> np.ndarray:
+        """Indices (into `train`) of the sequences of global batch `step` (its rows `rows`, default all)."""
+        if isinstance(self._order, EpochOrder):
+            indices = self._order.indices(step)
+            return indices if rows is None else indices[np.asarray(rows, dtype=np.int64)]
+        return self._order.indices(step, rows)
 
     def _row(self, source, i: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        tokens_L, type_ids_L, label = source.example(i, rng)
+        example = source.example(i, rng)
+        if example is None:
+            return self._empty_row()
+        tokens_L, type_ids_L, label = example
         inputs_L, chosen_L = mask_sequence(tokens_L, self.spec, rng)
         real_L = np.arange(self.seq_len) < np.count_nonzero(tokens_L != self.tokenizer.pad_id)
         return (inputs_L, np.where(chosen_L, tokens_L, self.tokenizer.pad_id).astype(np.int32),
@@ -268,13 +411,15 @@ class MaskedData:
         zeros_L = np.zeros(self.seq_len, np.int32)
         return pad_L, pad_L, zeros_L.astype(np.float32), zeros_L, zeros_L, np.int32(0), np.float32(0)
 
-    def train_batch(self, step: int) -> MaskedBatch:
-        """Global batch `step`, [batch_size, seq_len]; the same for the same (seed, step), always."""
-        rows = []
-        for b, i in enumerate(self.sequences(step)):
-            key = [self.seed, STATIC_TAG, int(i)] if self.static else [self.seed, step, b]
-            rows.append(self._row(self.train, int(i), np.random.default_rng(key)))
-        return stack_rows(MaskedBatch, rows)
+    def train_batch(self, step: int, rows=None) -> MaskedBatch:
+        """Global batch `step`, [batch_size, seq_len] (or only its rows `rows`); the same for the same
+        (seed, step), always."""
+        rows_R = np.arange(self.batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = []
+        for b, i in zip(rows_R, self.sequences(step, rows_R), strict=True):
+            key = [self.seed, STATIC_TAG, int(i)] if self.static else [self.seed, step, int(b)]
+            out.append(self._row(self.train, int(i), np.random.default_rng(key)))
+        return stack_rows(MaskedBatch, out)
 
     def val_batches(self, n: int) -> list[MaskedBatch]:
         """The first n validation batches: identical every call and for every seed; rows past the end of

@@ -344,6 +344,57 @@ def _write_manifest(root: Path, plan: dict, identity: dict, dtype: np.dtype, rec
     return manifest
 
 
+CACHE_ENV = "GPTJAX_CACHE_DIR"
+QUIET_BYTES = 64 * 10**6  # a text source larger than this is prepared with a progress bar and more processes
+
+
+def cache_root() -> Path:
+    """Where on-the-fly stores go: $GPTJAX_CACHE_DIR, else $XDG_CACHE_HOME/gptjax or ~/.cache/gptjax."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gptjax"
+
+
+def prepared_text(cfg: DataConfig, tokenizer_file: Path | None = None, log=None) -> Path:
+    """`data.source=text:PATH` prepared once into a cached store, so a run reads it by index in constant
+    memory like any store; the path of that store. The cache key is every file's resolved path, size and
+    modification time, the store options of `cfg` and the given tokenizer file's hash: a changed corpus
+    or setting makes a new store, the same ones reuse it. Preparing holds a lock, so processes started
+    together (a multi-process job on one machine) prepare it once; an interrupted one resumes."""
+    import fcntl
+
+    from gptjax.data.corpora import _files, parse_source
+
+    _, arg = parse_source(cfg.source)
+    files, _ = _files(arg)
+    stats = [(str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+
+    def cached(file: Path | None) -> Path:
+        identity = {"format": FORMAT, "files": stats, "options": {k: getattr(cfg, k) for k in STORE_OPTIONS},
+                    "tokenizer_file": None if file is None else hashlib.sha256(file.read_bytes()).hexdigest()}
+        return cache_root() / "stores" / f"text-{hashlib.sha256(_canonical(identity)).hexdigest()[:20]}"
+
+    if tokenizer_file is not None:
+        # A resumed run gives the tokenizer the first run took from the store it trained: that store.
+        trained = _read_json(cached(None) / "manifest.json")
+        given = tokenizer_identity(_given_tokenizer(cfg, Path(tokenizer_file)))
+        if trained is not None and trained["tokenizer"] == given:
+            return cached(None)
+    root = cached(None if tokenizer_file is None else Path(tokenizer_file))
+    if (root / "manifest.json").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    large = sum(size for _, size, _ in stats) > QUIET_BYTES
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not (root / "manifest.json").exists():
+            # A small corpus in this process (nothing forked beside JAX's threads), a large one on all cores.
+            prepare(cfg.source, root, cfg, workers=None if large else 1, tokenizer_file=tokenizer_file,
+                    progress=large, log=(log or (lambda line: print(line, file=sys.stderr))) if large
+                    else (lambda *_: None))
+    return root
+
+
 def prepare_config(overrides: list[str]) -> DataConfig:
     """The `data.*` overrides of a prepare command as a validated DataConfig (other sections refused)."""
     from gptjax.config import Experiment, apply_overrides, validate
@@ -355,4 +406,5 @@ def prepare_config(overrides: list[str]) -> DataConfig:
     return validate(apply_overrides(Experiment(), overrides)).data
 
 
-__all__ = ["STORE_OPTIONS", "build_plan", "prepare", "prepare_config", "tokenize_unit"]
+__all__ = ["STORE_OPTIONS", "build_plan", "cache_root", "prepare", "prepare_config", "prepared_text",
+           "tokenize_unit"]

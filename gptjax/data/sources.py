@@ -4,8 +4,8 @@
 
 - `pydoc`: the standard library's documentation topics (`pydoc_data.topics`), in every CPython, so
   the default experiment runs offline with nothing downloaded.
-- `text:PATH`: a UTF-8 file (documents separated by blank lines) or a directory (each regular file,
-  recursively, one document).
+- `text:PATH`: a file, directory or glob of UTF-8 text; never read into a list here: it is prepared on
+  first use into a cached token store (`prepare.prepared_text`), which every objective reads by index.
 - `tfds:NAME`: a tensorflow-datasets dataset already prepared as array_record in `data.tfds_data_dir`,
   read by random access without TensorFlow (TensorFlow would add 1.4 GB to the install).
 
@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gptjax import storage
 from gptjax.config import ConfigError, DataConfig, first_line
 
 SPLIT_SEED = 1_234_567  # fixed on purpose: the validation split must not depend on train.seed
@@ -68,41 +67,11 @@ def _pydoc(cfg: DataConfig, arg: str) -> Documents:
     return split_documents([d for d in docs if d.strip()], cfg.val_fraction, "data.source 'pydoc'")
 
 
-def _read_utf8(path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (invalid byte {data[e.start:e.start + 1]!r} at "
-                          f"offset {e.start})") from None
-
-
-def _is_hidden(path, root) -> bool:
-    # Skips .git/, .DS_Store and the like, which nobody means as training text.
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _text(cfg: DataConfig, arg: str) -> Documents:
-    if not arg:
-        raise ConfigError("data.source 'text:' needs a path, e.g. text:corpus.txt or text:docs/")
-    root = storage.path(arg)
-    if not root.exists():
-        raise ConfigError(f"data.source {cfg.source!r}: {root} does not exist")
-    if root.is_dir():
-        files = [p for p in storage.files_under(root) if not _is_hidden(p, root)]
-        docs = [_read_utf8(p) for p in files]
-        docs = [d for d in docs if d.strip()]
-    elif root.is_file():
-        # A blank line (possibly holding spaces) ends a document; indentation inside one is kept.
-        docs = [d.strip("\r\n") for d in re.split(r"\n\s*\n", _read_utf8(root)) if d.strip()]
-    else:
-        raise ConfigError(f"data.source {cfg.source!r}: {root} is neither a file nor a directory")
-    if not docs:
-        raise ConfigError(f"data.source {cfg.source!r}: empty corpus (no non-blank text in {root})")
-    return split_documents(docs, cfg.val_fraction, f"data.source {cfg.source!r}")
+    # A text corpus can be any size: it is never read into a list, but prepared into a cached token store
+    # (gptjax.data.store.open_store) that every objective reads by index.
+    raise ConfigError(f"data.source {cfg.source!r} is read through a token store (prepared on first use), "
+                      "not as a list of documents")
 
 
 def _split_name(split: str) -> str:

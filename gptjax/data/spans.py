@@ -98,10 +98,12 @@ class SpanData:
     """Training and validation `Seq2SeqBatch`es of span-corrupted windows.
 
     Attributes: `tokenizer`, `raw_length` (tokens per window), `seq_len` (encoder length), `target_length`
-    (decoder length), `train_tokens` / `val_tokens` (the packed streams), `batch_size`, `seed`.
+    (decoder length), `val_tokens` (the validation stream, its first 4 M tokens from a store),
+    `train_tokens` (in memory only), `batch_size`, `seed`. The source is documents or a token store,
+    whose windows are read by index in the order of `store.StoreWindows`.
     """
 
-    def __init__(self, cfg: Experiment, seed: int, tokenizer, docs: Documents):
+    def __init__(self, cfg: Experiment, seed: int, tokenizer, docs):
         ob, d = cfg.objective, cfg.data
         self.tokenizer, self.seed, self.batch_size, self.seq_len = tokenizer, seed, d.batch_size, d.seq_len
         self.density, self.mean_span = ob.noise_density, ob.mean_span_length
@@ -113,16 +115,35 @@ class SpanData:
                               f"{d.seq_len}) makes {spans} spans, more than the tokenizer's "
                               f"{len(self.sentinel_ids)} sentinels; lower data.seq_len or raise "
                               "objective.mean_span_length")
-        self.train_tokens, train_doc_S = pack_documents([tokenizer.encode(t) for t in docs.train],
-                                                        tokenizer.eot_id)
-        self.val_tokens, _ = pack_documents([tokenizer.encode(t) for t in docs.val], tokenizer.eot_id)
-        if len(self.train_tokens) < 2 * self.raw_length:
-            raise ConfigError(f"training split too short for span corruption: {len(self.train_tokens)} "
+        if isinstance(docs, Documents):
+            self.train_tokens, train_doc_S = pack_documents([tokenizer.encode(t) for t in docs.train],
+                                                            tokenizer.eot_id)
+            self.val_tokens, _ = pack_documents([tokenizer.encode(t) for t in docs.val], tokenizer.eot_id)
+            n_train, n_val = len(self.train_tokens), len(self.val_tokens)
+            self._read_train = lambda a, b: self.train_tokens[a:b]
+            self._read_val = lambda a, b: self.val_tokens[a:b]
+        else:  # a token store: windows read by index, the order never materialised
+            from gptjax.data.store import UNIGRAM_TOKENS
+
+            train, val = docs.splits["train"], docs.splits["val"]
+            n_train, n_val = train.n_tokens, val.n_tokens
+            self._read_train = lambda a, b: train.read(a, b)[0]
+            self._read_val = lambda a, b: val.read(a, min(b, n_val))[0]
+            self.val_tokens = val.read(0, min(n_val, UNIGRAM_TOKENS))[0]
+        if n_train < 2 * self.raw_length:
+            raise ConfigError(f"training split too short for span corruption: {n_train} "
                               f"tokens, data.seq_len={d.seq_len} needs at least {2 * self.raw_length}")
-        if len(self.val_tokens) < 2:
+        if n_val < 2:
             raise ConfigError("validation split too short for span corruption: raise data.val_fraction")
-        # TrainWindows reads windows of its seq_len + 1 tokens (a causal-LM input plus one target).
-        self._train = TrainWindows(self.train_tokens, train_doc_S, self.raw_length - 1, d.batch_size, seed)
+        self._n_val = n_val
+        # The windows read W = their seq_len + 1 tokens (a causal-LM input plus one target).
+        if isinstance(docs, Documents):
+            self._train = TrainWindows(self.train_tokens, train_doc_S, self.raw_length - 1, d.batch_size,
+                                       seed)
+        else:
+            from gptjax.data.store import StoreWindows
+
+            self._train = StoreWindows(train, self.raw_length - 1, d.batch_size, seed)
 
     def _row(self, tokens_N: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         pad = self.tokenizer.pad_id
@@ -142,19 +163,26 @@ class SpanData:
         return (np.full(L, pad, np.int32), np.zeros(L, np.int32), np.full(T, pad, np.int32),
                 np.full(T, pad, np.int32), np.zeros(T, np.float32), np.zeros(T, np.int32))
 
-    def train_batch(self, step: int) -> Seq2SeqBatch:
-        """Global batch `step`: encoder [batch_size, seq_len], decoder [batch_size, target_length]."""
-        starts_B = self._train.starts(step)
-        rows = [self._row(self.train_tokens[s:s + self.raw_length],
-                          np.random.default_rng([self.seed, step, b])) for b, s in enumerate(starts_B)]
-        return stack_rows(Seq2SeqBatch, rows)
+    def train_batch(self, step: int, rows=None) -> Seq2SeqBatch:
+        """Global batch `step` (or only its rows `rows`): encoder [batch_size, seq_len], decoder
+        [batch_size, target_length]."""
+        rows_R = np.arange(self.batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
+        if isinstance(self._train, TrainWindows):
+            starts_R = self._train.starts(step)[rows_R]
+        else:
+            starts_R = self._train.starts(step, rows_R)
+        out = [self._row(self._read_train(int(s), int(s) + self.raw_length),
+                         np.random.default_rng([self.seed, step, int(b)]))
+               for b, s in zip(rows_R, starts_R, strict=True)]
+        return stack_rows(Seq2SeqBatch, out)
 
     def val_batches(self, n: int) -> list[Seq2SeqBatch]:
         """The first n validation batches: consecutive windows of the split (the last one shorter), the
         same every call and for every seed; rows past the end are padding with weight 0."""
         rows = []
         for r in range(n * self.batch_size):
-            window = self.val_tokens[r * self.raw_length:(r + 1) * self.raw_length]
+            a = min(r * self.raw_length, self._n_val)
+            window = self._read_val(a, min(a + self.raw_length, self._n_val))
             rows.append(self._row(window, np.random.default_rng([VAL_SEED, r])) if len(window) >= 2
                         else self._empty_row())
         return stack_batches(Seq2SeqBatch, rows, self.batch_size)

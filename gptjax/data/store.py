@@ -175,6 +175,31 @@ class SplitReader:
             k += 1
         return tokens, docs
 
+    def document_span(self, position: int) -> tuple[int, int]:
+        """[start, stop) of the document holding `position`: from its EOT (or the split's start) to the
+        next document's EOT (or the split's end), found in the shards' document starts."""
+        if not 0 <= position < self.n_tokens:
+            raise IndexError(f"{position} is outside the split's {self.n_tokens} tokens")
+        k = int(np.searchsorted(self.offsets_K1, position, side="right")) - 1
+        start, j = 0, k  # the last document start at or before `position`, walking back over shards
+        local = position - self.offsets_K1[k]
+        while j >= 0:
+            docs = self._shard(j).docs
+            i = int(np.searchsorted(docs, local, side="right")) - 1 if j == k else len(docs) - 1
+            if i >= 0:
+                start = int(self.offsets_K1[j] + docs[i])
+                break
+            j -= 1
+        stop, j = self.n_tokens, k  # the first document start after it, walking forward
+        while j < len(self.shards):
+            docs = self._shard(j).docs
+            i = int(np.searchsorted(docs, local, side="right")) if j == k else 0
+            if i < len(docs):
+                stop = int(self.offsets_K1[j] + docs[i])
+                break
+            j += 1
+        return start, stop
+
     def windows(self, starts_R: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """`read` of [start, start + length) for each start, as [R, length] arrays."""
         tokens_RW = np.empty((len(starts_R), length), np.int32)
@@ -234,6 +259,36 @@ def check_shard(root: Path, shard: dict, dtype: np.dtype) -> None:
                               f"({size} bytes, the manifest says {expected}); run prepare again to redo it")
 
 
+def epoch_key(seed: int, epoch: int) -> int:
+    """The key of epoch `epoch`'s index_shuffle for an order without a random offset (sequences)."""
+    return int(np.random.default_rng([seed, epoch]).integers(0, 1 << 32))
+
+
+def shuffled_index(g: int, n: int, key_of_epoch) -> tuple[int, int]:
+    """(epoch, item) of the g-th visit when every epoch visits all n items in the order of grain's
+    `index_shuffle` keyed by `key_of_epoch(epoch)`: a bijection of [0, n), never materialised."""
+    from grain.experimental import index_shuffle
+
+    epoch = g // n
+    return epoch, int(index_shuffle(g % n, n - 1, key_of_epoch(epoch), SHUFFLE_ROUNDS))
+
+
+class StoreOrder:
+    """`EpochOrder` in constant memory: item indices of global batch `step` (rows `rows`), epochs of n
+    items each in the order of `shuffled_index` keyed by `epoch_key(seed, e)`."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self._key = functools.lru_cache(maxsize=4)(functools.partial(epoch_key, seed))
+
+    def indices(self, step: int, rows=None) -> np.ndarray:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        rows_R = np.arange(self.batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
+        return np.array([shuffled_index(step * self.batch_size + int(r), self.n, self._key)[1]
+                         for r in rows_R], dtype=np.int64)
+
+
 class StoreWindows:
     """Training windows of a split: start positions per global step, and the batches they make."""
 
@@ -250,17 +305,14 @@ class StoreWindows:
 
     def starts(self, step: int, rows=None) -> np.ndarray:
         """Stream positions of rows `rows` (default: all B) of global batch `step`."""
-        from grain.experimental import index_shuffle
-
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         rows_R = np.arange(self.batch_size) if rows is None else np.asarray(rows, dtype=np.int64)
         n = self.windows_per_epoch
         starts_R = np.empty(len(rows_R), dtype=np.int64)
         for r, row in enumerate(rows_R):
-            g = step * self.batch_size + int(row)
-            offset, key = self._epoch(g // n)
-            starts_R[r] = offset + index_shuffle(g % n, n - 1, key, SHUFFLE_ROUNDS) * (self.seq_len + 1)
+            epoch, index = shuffled_index(step * self.batch_size + int(row), n, lambda e: self._epoch(e)[1])
+            starts_R[r] = self._epoch(epoch)[0] + index * (self.seq_len + 1)
         return starts_R
 
     def batch(self, step: int, rows=None) -> Batch:
@@ -292,6 +344,26 @@ def addressable_rows(sharding, batch_size: int) -> np.ndarray:
     for index in sharding.addressable_devices_indices_map((batch_size, 1)).values():
         rows.update(range(*index[0].indices(batch_size)))
     return np.array(sorted(rows), dtype=np.int64)
+
+
+def put_rows(batch, rows, sharding, batch_size: int):
+    """Global jax arrays of a batch sharded by `sharding` (over its leading axis) from only the rows
+    `rows` of it that this process holds (`addressable_rows`, in that order): each process hands over
+    its own rows and no process ever holds the whole global batch."""
+    import jax
+
+    position = {int(r): k for k, r in enumerate(rows)}
+
+    def put(x):
+        x = np.asarray(x)
+
+        def local(index):
+            mine = [position[r] for r in range(*index[0].indices(batch_size))]
+            return x[mine][(slice(None), *index[1:])]
+
+        return jax.make_array_from_callback((batch_size, *x.shape[1:]), sharding, local)
+
+    return jax.tree_util.tree_map(put, batch)
 
 
 class StoreData:
@@ -364,7 +436,39 @@ def run_tokenizer(cfg: DataConfig, store: TokenStore, cache: Path | None) -> Tok
     return tokenizer
 
 
+def read_by_store(source: str) -> bool:
+    """Whether `data.source` is read through a token store: `store:PATH`, and `text:PATH`, prepared on
+    the fly into a cached one (`prepare.prepared_text`)."""
+    return source.startswith(("store:", "text:"))
+
+
+def open_store(cfg: DataConfig, tokenizer_cache: Path | None = None) -> tuple[TokenStore, Tokenizer]:
+    """The store of `cfg.source` (a `text:` source prepared on first use, with the workdir's tokenizer
+    when it has one) and the run's tokenizer, which must be the store's; ConfigError (one line)."""
+    if cfg.source.startswith("text:"):
+        from gptjax.data.prepare import cache_root, prepared_text
+
+        if storage.is_remote(cfg.source.removeprefix("text:")):
+            raise ConfigError(f"data.source {cfg.source!r}: a text: corpus is prepared into a store on a "
+                              "local disk; copy it there first (gcloud storage cp -r), or prepare a store "
+                              "and train from store:gs://…")
+        given = tokenizer_cache if cfg.tokenizer != "byte" and tokenizer_cache is not None \
+            and storage.path(tokenizer_cache).exists() else None
+        if given is not None and storage.is_remote(given):
+            # The text: cache is local and keyed by the tokenizer's content: a local copy of a bucket's file.
+            data = storage.path(given).read_bytes()
+            given = cache_root() / "tokenizers" / f"{hashlib.sha256(data).hexdigest()[:20]}.json"
+            given.parent.mkdir(parents=True, exist_ok=True)
+            storage.write_atomic(given, data)
+        path = prepared_text(cfg, given)
+    else:
+        path = storage.path(cfg.source.removeprefix("store:"))
+    store = TokenStore(path)
+    return store, run_tokenizer(cfg, store, tokenizer_cache)
+
+
 def store_data(cfg: DataConfig, seed: int, tokenizer_cache: Path | None = None) -> StoreData:
-    """`data.source=store:PATH` opened for a causal-LM run; ConfigError (one line) on any mismatch."""
-    store = TokenStore(cfg.source.removeprefix("store:"))
-    return StoreData(cfg, seed, store, run_tokenizer(cfg, store, tokenizer_cache))
+    """`data.source=store:PATH` (or `text:PATH`) opened for a causal-LM run; ConfigError (one line) on any
+    mismatch."""
+    store, tokenizer = open_store(cfg, tokenizer_cache)
+    return StoreData(cfg, seed, store, tokenizer)

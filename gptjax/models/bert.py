@@ -15,8 +15,9 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from gptjax.config import ModelConfig
-from gptjax.layers import ACTIVATIONS, INIT_STD, Block, attention_mask, dense, layer_norm
+from gptjax.layers import ACTIVATIONS, EMBED_AXES, INIT_STD, Block, attention_mask, dense, embed, layer_norm
 from gptjax.models.gpt import DTYPES
+from gptjax.sharding import AXES_KEY, constrain
 
 
 class Bert(nnx.Module):
@@ -25,14 +26,13 @@ class Bert(nnx.Module):
             raise ValueError("model.vocab_size must be resolved from the tokenizer before building")
         dtype = DTYPES[cfg.dtype]
         D = cfg.n_embd
-        embed = lambda n: nnx.Embed(n, D, dtype=dtype, param_dtype=jnp.float32,
-                                    embedding_init=nnx.initializers.normal(INIT_STD), rngs=rngs)
+        table = lambda n, axes: embed(n, D, std=INIT_STD, dtype=dtype, rngs=rngs, axes=axes)
         norm = lambda: layer_norm(D, eps=cfg.layer_norm_eps, bias=cfg.bias, dtype=dtype, rngs=rngs)
         self.cfg = cfg
-        self.wte = embed(cfg.vocab_size)
-        self.wpe = embed(cfg.context)
+        self.wte = table(cfg.vocab_size, ("vocab", "embed"))
+        self.wpe = table(cfg.context, (None, "embed"))
         if cfg.type_vocab_size:
-            self.wtt = embed(cfg.type_vocab_size)
+            self.wtt = table(cfg.type_vocab_size, (None, "embed"))
         self.ln_e = norm()
         self.drop = nnx.Dropout(cfg.dropout)
         self.blocks = nnx.List([
@@ -41,11 +41,11 @@ class Bert(nnx.Module):
                   dtype=dtype, rngs=rngs, post_norm=True)
             for _ in range(cfg.n_layer)
         ])
-        self.mlm_dense = dense(D, D, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs)
+        self.mlm_dense = dense(D, D, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs, axes=("embed", None))
         self.mlm_ln = norm()
-        self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
-        self.pooler = dense(D, D, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs)
-        self.nsp = dense(D, 2, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs)
+        self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), **{AXES_KEY: ("vocab",)})
+        self.pooler = dense(D, D, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs, axes=("embed", None))
+        self.nsp = dense(D, 2, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs, axes=("embed", None))
 
     def hidden(self, tokens_BL: Int[Array, "B L"], *, segment_ids_BL: Int[Array, "B L"],
                type_ids_BL: Int[Array, "B L"] | None = None, deterministic: bool = True,
@@ -57,7 +57,7 @@ class Bert(nnx.Module):
         x_BLD = self.wte(tokens_BL) + self.wpe(positions_BL)
         if self.cfg.type_vocab_size:
             x_BLD = x_BLD + self.wtt(jnp.zeros_like(tokens_BL) if type_ids_BL is None else type_ids_BL)
-        x_BLD = self.drop(self.ln_e(x_BLD), deterministic=deterministic, rngs=rngs)
+        x_BLD = self.drop(self.ln_e(constrain(x_BLD, EMBED_AXES)), deterministic=deterministic, rngs=rngs)
         for block in self.blocks:
             x_BLD, _ = block(x_BLD, mask_B1LS, deterministic=deterministic, rngs=rngs)
         return x_BLD
@@ -65,7 +65,8 @@ class Bert(nnx.Module):
     def mlm_logits(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
         """Masked-LM logits: dense → activation → LayerNorm, then the token embedding (tied) plus a bias."""
         h_BLD = self.mlm_ln(ACTIVATIONS[self.cfg.activation](self.mlm_dense(x_BLD)))
-        return self.wte.attend(h_BLD) + self.mlm_bias[...].astype(h_BLD.dtype)
+        logits_BLV = self.wte.attend(h_BLD) + self.mlm_bias[...].astype(h_BLD.dtype)
+        return constrain(logits_BLV, ("batch", "length", "vocab"))
 
     def nsp_logits(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B 2"]:
         """Next-sentence logits from the first position through the tanh pooler; class 0 = IsNext."""

@@ -16,7 +16,8 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from gptjax.config import DType, ModelConfig, Remat, registry
-from gptjax.layers import INIT_STD, Block, KVCache, attention_mask, dense, layer_norm
+from gptjax.layers import EMBED_AXES, INIT_STD, Block, KVCache, attention_mask, dense, embed, layer_norm
+from gptjax.sharding import AXES_KEY, constrain
 
 DTYPES = registry(DType, {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16})
 
@@ -31,13 +32,10 @@ class GPT(nnx.Module):
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be resolved from the tokenizer before building")
         dtype = DTYPES[cfg.dtype]
-        embed_init = nnx.initializers.normal(INIT_STD)
         proj_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         self.cfg = cfg
-        self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
-                             embedding_init=embed_init, rngs=rngs)
-        self.wpe = nnx.Embed(cfg.context, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
-                             embedding_init=embed_init, rngs=rngs)
+        self.wte = embed(cfg.vocab_size, cfg.n_embd, std=INIT_STD, dtype=dtype, rngs=rngs)
+        self.wpe = embed(cfg.context, cfg.n_embd, std=INIT_STD, dtype=dtype, rngs=rngs, axes=(None, "embed"))
         self.drop = nnx.Dropout(cfg.dropout)
         blocks = [
             Block(cfg.n_embd, cfg.n_head, cfg.mlp_ratio * cfg.n_embd, activation=cfg.activation,
@@ -50,16 +48,19 @@ class GPT(nnx.Module):
             # time stays flat in depth. Stacking the unrolled blocks keeps the initialisation (and
             # so a seed's parameters) identical to the unrolled model's.
             stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
+            for _, variable in nnx.to_flat_state(stacked):
+                variable.set_metadata(AXES_KEY, ("layers", *variable.get_metadata(AXES_KEY)))
             self.layers = nnx.merge(nnx.graphdef(blocks[0]), stacked)
         else:
             self.blocks = nnx.List(blocks)
         self.ln_f = layer_norm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias, dtype=dtype, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = dense(cfg.n_embd, cfg.vocab_size, std=INIT_STD, bias=False, dtype=dtype,
-                                 rngs=rngs)
+                                 rngs=rngs, axes=("embed", "vocab"))
         if cfg.n_classes:
             # GPT-1's fine-tuning head (Radford et al. 2018, §3.2): a linear layer on the last token.
-            self.head = dense(cfg.n_embd, cfg.n_classes, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs)
+            self.head = dense(cfg.n_embd, cfg.n_classes, std=INIT_STD, bias=True, dtype=dtype, rngs=rngs,
+                              axes=("embed", None))
 
     def hidden(self, tokens_BL: Int[Array, "B L"], *, segment_ids_BL: Int[Array, "B L"] | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Float[Array, "B L D"]:
@@ -73,7 +74,7 @@ class GPT(nnx.Module):
         if segment_ids_BL is not None:
             mask_B1LS = attention_mask(segment_ids_BL, segment_ids_BL, positions_BL, positions_BL,
                                        causal=True)
-        x_BLD = self.wte(tokens_BL) + self.wpe(positions_BL)
+        x_BLD = constrain(self.wte(tokens_BL) + self.wpe(positions_BL), EMBED_AXES)
         x_BLD = self.drop(x_BLD, deterministic=deterministic, rngs=rngs)
         x_BLD, _ = self._run_blocks(x_BLD, mask_B1LS, None, None, deterministic, rngs)
         return self.ln_f(x_BLD)
@@ -101,9 +102,8 @@ class GPT(nnx.Module):
         return jax.lax.scan(layer, x_BLD, (stacked, caches, keys_N))
 
     def logits(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
-        if self.cfg.tie_embeddings:
-            return self.wte.attend(x_BLD)
-        return self.lm_head(x_BLD)
+        logits_BLV = self.wte.attend(x_BLD) if self.cfg.tie_embeddings else self.lm_head(x_BLD)
+        return constrain(logits_BLV, ("batch", "length", "vocab"))
 
     def classify(self, x_BLD: Float[Array, "B L D"], index_B: Int[Array, " B"]) -> Float[Array, "B C"]:
         """Class logits from the hidden state at position `index_B` of each row (its extract token)."""

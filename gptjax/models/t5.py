@@ -21,15 +21,18 @@ from jaxtyping import Array, Float, Int
 
 from gptjax.config import ModelConfig
 from gptjax.layers import (
+    EMBED_AXES,
     MLP,
     CrossAttention,
     RelativePositionBias,
     SelfAttention,
     attention_mask,
     dense,
+    embed,
     rms_norm,
 )
 from gptjax.models.gpt import DTYPES
+from gptjax.sharding import constrain
 
 
 class EncoderBlock(nnx.Module):
@@ -76,8 +79,7 @@ class T5(nnx.Module):
             raise ValueError("model.vocab_size must be resolved from the tokenizer before building")
         D, dtype = cfg.n_embd, DTYPES[cfg.dtype]
         self.cfg = cfg
-        self.wte = nnx.Embed(cfg.vocab_size, D, dtype=dtype, param_dtype=jnp.float32,
-                             embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+        self.wte = embed(cfg.vocab_size, D, std=1.0, dtype=dtype, rngs=rngs)
         bias = lambda bidirectional: RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance,
                                                           cfg.n_head, bidirectional=bidirectional,
                                                           std=D ** -0.5, rngs=rngs)
@@ -89,7 +91,8 @@ class T5(nnx.Module):
         self.dec_ln_f = rms_norm(D, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
         if not cfg.tie_embeddings:
-            self.lm_head = dense(D, cfg.vocab_size, std=D ** -0.5, bias=False, dtype=dtype, rngs=rngs)
+            self.lm_head = dense(D, cfg.vocab_size, std=D ** -0.5, bias=False, dtype=dtype, rngs=rngs,
+                                 axes=("embed", "vocab"))
 
     def encode(self, tokens_BL: Int[Array, "B L"], *, segment_ids_BL: Int[Array, "B L"],
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Float[Array, "B L D"]:
@@ -98,7 +101,7 @@ class T5(nnx.Module):
         positions_BL = jnp.broadcast_to(positions_L, tokens_BL.shape)
         mask_B1LL = attention_mask(segment_ids_BL, segment_ids_BL, positions_BL, positions_BL, causal=False)
         bias_1HLL = self.enc_bias(positions_L, positions_L)
-        x_BLD = self.drop(self.wte(tokens_BL), deterministic=deterministic, rngs=rngs)
+        x_BLD = self.drop(constrain(self.wte(tokens_BL), EMBED_AXES), deterministic=deterministic, rngs=rngs)
         for block in self.encoder:
             x_BLD = block(x_BLD, mask_B1LL, bias_1HLL, deterministic=deterministic, rngs=rngs)
         return self.drop(self.enc_ln_f(x_BLD), deterministic=deterministic, rngs=rngs)
@@ -116,7 +119,8 @@ class T5(nnx.Module):
         cross_mask_B1TL = attention_mask(None, enc_segment_ids_BL, positions_BT, enc_positions_BL,
                                          causal=False)
         bias_1HTT = self.dec_bias(positions_T, positions_T)
-        x_BTD = self.drop(self.wte(dec_tokens_BT), deterministic=deterministic, rngs=rngs)
+        x_BTD = self.drop(constrain(self.wte(dec_tokens_BT), EMBED_AXES), deterministic=deterministic,
+                          rngs=rngs)
         for block in self.decoder:
             x_BTD = block(x_BTD, mask_B1TT, bias_1HTT, enc_BLD=enc_BLD, cross_mask_B1TL=cross_mask_B1TL,
                           deterministic=deterministic, rngs=rngs)
@@ -124,8 +128,10 @@ class T5(nnx.Module):
 
     def logits(self, x_BTD: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
         if self.cfg.tie_embeddings:
-            return self.wte.attend(x_BTD * (1.0 / math.sqrt(self.cfg.n_embd)))
-        return self.lm_head(x_BTD)
+            logits_BTV = self.wte.attend(x_BTD * (1.0 / math.sqrt(self.cfg.n_embd)))
+        else:
+            logits_BTV = self.lm_head(x_BTD)
+        return constrain(logits_BTV, ("batch", "length", "vocab"))
 
     def __call__(self, enc_tokens_BL, dec_tokens_BT, *, enc_segment_ids_BL, dec_segment_ids_BT,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Float[Array, "B T V"]:

@@ -27,6 +27,7 @@ from gptjax.data.classify import ClassifyData
 from gptjax.data.lm import LMData
 from gptjax.data.masked import MaskedData
 from gptjax.data.spans import SpanData
+from gptjax.data.store import read_by_store
 from gptjax.objectives import causal_lm, gpt1_finetune, mlm, span_corruption
 from gptjax.objectives.causal_lm import causal_lm_loss
 
@@ -58,11 +59,15 @@ def build_objective_data(cfg, tokenizer_cache: Path | None = None):
     """The data object of `cfg.objective` for `cfg.data`: source read, tokenizer loaded from
     `tokenizer_cache` when that file exists or else trained on the training split (not saved here: the
     caller saves it once it holds the workdir), batches ready. ConfigError (one line) on bad input."""
-    if cfg.data.source.startswith("store:"):  # a prepared token store: causal_lm (config.validate checks)
-        from gptjax.data.store import store_data
-
-        return store_data(cfg.data, cfg.train.seed, tokenizer_cache)
     objective = OBJECTIVES[cfg.objective.name]
+    if read_by_store(cfg.data.source) and not objective.labelled:
+        # A token store, or a text source prepared into a cached one (a labelled objective refuses text:).
+        from gptjax.data.store import StoreData, open_store
+
+        store, tokenizer = open_store(cfg.data, tokenizer_cache)
+        if cfg.objective.name == "causal_lm":
+            return StoreData(cfg.data, cfg.train.seed, store, tokenizer)
+        return objective.data(cfg, cfg.train.seed, tokenizer, store)
     source = load_examples(cfg.data) if objective.labelled else load_documents(cfg.data)
     texts = [text for text, _ in source.train] if objective.labelled else source.train
     tokenizer = build_tokenizer(cfg.data, train_docs=texts, cache=tokenizer_cache)

@@ -1,0 +1,97 @@
+"""An AlgoPerf-style benchmark of 13 optimizers over the GPT, BERT and T5 workloads (gptjax/benchmark.py).
+
+    make sweep NAME=optimizer_benchmark ARGS='--vmap --jobs 2'   # every trial, vmapped per contender+study
+    python experiments/optimizer_benchmark.py                    # scores → docs/optimizer_benchmark/
+
+The CPU size: each workload is its experiment (`default`, `bert_adam`, `t5_adafactor`) shrunk to two
+layers of width 64 on batches of 16 × 64 tokens, with a step budget of 150 and an evaluation every 10
+steps on 2 validation batches. Every contender gets TRIALS quasi-random points of its search space in each
+of STUDIES studies (seeds 0, 1) on every workload; the points of one contender and study differ only in
+traceable fields, so `--vmap` trains each of those groups as one program. Schedule, warmup (10% of the
+budget) and clipping (1.0) are the workload's, the same for every contender.
+
+Targets: see `WORKLOADS`; each is the validation loss of the workload's own recipe (the experiment's
+optimizer at its own learning rate, seed 0) at two thirds of the step budget, so that recipe reaches it
+with a third of the budget to spare. On a TPU VM slice the same file runs at the published sizes by
+replacing `SIZE` (model widths and budgets) and re-measuring the targets the same way; `--shard i/N` on
+each host splits the groups (docs/optimizers.md, "An AlgoPerf-style benchmark").
+"""
+
+import dataclasses
+
+from gptjax.benchmark import Contender, Workload, benchmark_sweep
+from gptjax.config import Experiment, load_experiment
+
+TRIALS = 4
+STUDIES = 2
+SIZE = dict(n_layer=2, n_head=2, n_embd=64, context=64, seq_len=64, batch_size=16, steps=150, eval_every=10)
+
+
+def _shrunk(experiment: str) -> Experiment:
+    base = load_experiment(experiment)
+    model = dataclasses.replace(base.model, n_layer=SIZE["n_layer"], n_head=SIZE["n_head"],
+                                n_embd=SIZE["n_embd"], context=SIZE["context"])
+    data = dataclasses.replace(base.data, seq_len=SIZE["seq_len"], batch_size=SIZE["batch_size"])
+    optim = dataclasses.replace(base.optim, schedule="cosine", warmup_steps=SIZE["steps"] // 10,
+                                min_lr_ratio=0.1, grad_clip=1.0)
+    train = dataclasses.replace(base.train, eval_batches=2, log_every=10, checkpoint_every=SIZE["steps"],
+                                keep_checkpoints=1, progress=False)
+    return dataclasses.replace(base, model=model, data=data, optim=optim, train=train,
+                               sample=dataclasses.replace(base.sample, max_new_tokens=16))
+
+
+# Each target: the validation loss at step 100 of 150 of one run of the workload's own recipe (its
+# experiment's optimizer and learning rate, seed 0), trained by `Workload.config()` with `train()` on
+# 2026-12-03 (jax 0.10.2, CPU). Each curve was still falling at 150 (GPT 2.667, BERT 7.385, T5 6.792).
+WORKLOADS = (
+    Workload("gpt", _shrunk("default"), target=2.714, steps=SIZE["steps"], eval_every=SIZE["eval_every"],
+             provenance="gpt3_adamw at lr 2e-3, seed 0: val loss 2.7137 at step 100"),
+    Workload("bert", _shrunk("bert_adam"), target=7.407, steps=SIZE["steps"], eval_every=SIZE["eval_every"],
+             provenance="bert_adam at lr 1e-3, seed 0: val loss (MLM + NSP) 7.4072 at step 100"),
+    Workload("t5", _shrunk("t5_adafactor"), target=6.943, steps=SIZE["steps"], eval_every=SIZE["eval_every"],
+             provenance="t5_adafactor at ρ 1e-3, seed 0: val loss (decoder) 6.9431 at step 100"),
+)
+
+
+def adam_like(lr_low: float, lr_high: float, decay=(0.01, 0.3)) -> dict:
+    return {"optim.lr": (lr_low, lr_high, "log"), "optim.weight_decay": (*decay, "log"),
+            "optim.b2": (0.95, 0.999, "linear")}
+
+
+# Every space holds traceable fields only, so one contender's points in one study vmap as a group.
+CONTENDERS = (
+    # The forum's presets as baselines.
+    Contender("gpt3_adamw", adam_like(3e-4, 1e-2)),
+    Contender("gpt2_adam", adam_like(3e-4, 1e-2, decay=(1e-4, 1e-2))),  # coupled L2: far smaller rates
+    Contender("t5_adafactor", {"optim.lr": (1e-3, 3e-2, "log")}),  # ρ of the relative step; β's branch
+    # The later rules.
+    Contender("lamb_paper", adam_like(1e-3, 3e-2)),
+    Contender("lion_paper", {"optim.lr": (3e-5, 1e-3, "log"), "optim.weight_decay": (0.1, 3.0, "log")}),
+    Contender("sophia_paper", {"optim.lr": (3e-4, 1e-2, "log"), "optim.weight_decay": (0.01, 0.3, "log"),
+                               "optim.sophia_gamma": (0.005, 0.05, "log")}),
+    Contender("muon_paper", {"optim.lr": (3e-3, 0.1, "log"), "optim.weight_decay": (1e-3, 0.1, "log")}),
+    Contender("schedule_free_adamw_paper", adam_like(1e-3, 3e-2)),
+    Contender("ademamix_paper", {**adam_like(3e-4, 1e-2), "optim.ademamix_alpha": (2.0, 8.0, "linear")}),
+    Contender("adopt_paper", adam_like(3e-4, 1e-2)),
+    Contender("nadamw_paper", adam_like(3e-4, 1e-2)),
+    Contender("prodigy_paper", {"optim.lr": (0.3, 3.0, "log"), "optim.weight_decay": (1e-3, 0.1, "log")}),
+    Contender("soap_paper", {"optim.lr": (3e-4, 1e-2, "log"), "optim.weight_decay": (0.01, 0.3, "log"),
+                             "optim.b2": (0.9, 0.99, "linear")}),
+)
+
+
+def get_config() -> Experiment:
+    return WORKLOADS[0].config()
+
+
+def get_sweep(base: Experiment) -> dict[str, Experiment]:
+    return benchmark_sweep(WORKLOADS, CONTENDERS, TRIALS, STUDIES)
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    from gptjax.benchmark import write_benchmark_report
+
+    print(write_benchmark_report(Path("runs/optimizer_benchmark"), Path("docs/optimizer_benchmark"),
+                                 WORKLOADS, CONTENDERS))
