@@ -202,7 +202,12 @@ def check_memory(cfg: Experiment, mesh, param_bytes: int, opt_state_bytes: int, 
     data_parallel = max(1, mesh.devices.size // max(1, t.fsdp))
     activations = (trials * d.batch_size / t.grad_accum / data_parallel * d.seq_len * m.n_embd * layers
                    * itemsize)
-    available, what = _device_memory(mesh.devices.flat[0])
+    # One of this process's own devices: another host's cannot report its memory (every device of a mesh is
+    # of one kind).
+    import jax
+
+    mine = [dev for dev in mesh.devices.flat if dev.process_index == jax.process_index()]
+    available, what = _device_memory(mine[0] if mine else jax.local_devices()[0])
     if state + activations > available:
         gib = lambda b: f"{b / 2**30:,.1f} GiB"
         raise ConfigError(
