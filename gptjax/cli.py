@@ -1,4 +1,5 @@
-"""`python -m gptjax {train,experiment,sample,eval,sweep,report,describe,import-hf,prepare} …`: the command line.
+"""`python -m gptjax {train,experiment,sample,eval,sweep,report,describe,import-hf,prepare} …`: the
+command line.
 
 Config problems are found before JAX is imported and reported as one line on stderr with exit code 2.
 """
