@@ -133,8 +133,6 @@ def check_resume(workdir: Path, cfg: Experiment, abstract_params) -> dict[str, t
 def check_init_from(cfg: Experiment, abstract_params) -> None:
     """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer, or
     whose parameters do not fit this model (compared by shape through `jax.eval_shape`, nothing read)."""
-    import flax
-
     from gptjax.checkpoint import checkpoint_steps
     from gptjax.config import known_experiments
     from gptjax.models import abstract_params as model_shapes
@@ -164,14 +162,21 @@ def check_init_from(cfg: Experiment, abstract_params) -> None:
                           f"it has one)")
     if abstract_params is None:
         return
+    check_shapes(source, model_shapes(previous.model)[1], abstract_params)
+
+
+def check_shapes(source: Path, old_params, new_params) -> None:
+    """Refuse `train.init_from` parameters (`old_params`, arrays or shapes) that this model
+    (`new_params`) has in another shape or lacks; parameters only this model has are fine."""
+    import flax
+
     name = lambda path: "/".join(str(p) for p in path)
-    shapes = lambda tree: {k: v.shape for k, v in flax.traverse_util.flatten_dict(tree).items()}
-    new = shapes(abstract_params)
-    old = shapes(model_shapes(previous.model)[1])
+    shapes = lambda tree: {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+    old, new = shapes(old_params), shapes(new_params)
     for path, shape in sorted(old.items()):
         if path in new and shape != new[path]:
-            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape {tuple(shape)} "
-                              f"there, {tuple(new[path])} here")
+            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape {shape} "
+                              f"there, {new[path]} here")
     missing = sorted(name(path) for path in set(old) - set(new))
     if missing:
         raise ConfigError(f"train.init_from {source}: this model has no {missing[0]} "
