@@ -1,4 +1,5 @@
-"""`python -m gptjax {train,sample,eval,sweep,report,describe,import-hf,prepare} …`: the command line.
+"""`python -m gptjax {train,experiment,sample,eval,sweep,report,describe,import-hf,prepare} …`: the
+command line.
 
 Config problems are found before JAX is imported and reported as one line on stderr with exit code 2.
 """
@@ -176,9 +177,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{what}: {int(result['tokens']):,} tokens scored in {result['windows']} windows of {window} "
           f"(stride {stride}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
           f"accuracy {result['accuracy']:.3f}")
-    if not args.text:
+    if not args.text and not store:
         # Training's validation scores the split's first eval_batches batches, windows of seq_len at stride
-        # seq_len; a window of seq_len at stride seq_len over those tokens is the same computation.
+        # seq_len; a window of seq_len at stride seq_len over those tokens is the same computation. (A
+        # store's validation batches are read another way; no such line is claimed for them.)
         L, t = cfg.data.seq_len, cfg.train
         n = min(t.eval_batches * cfg.data.batch_size * L, len(stream_S) - 1)
         print(f"training's validation loss scored the first {n:,} tokens of the split (train.eval_batches="

@@ -40,7 +40,14 @@ from gptjax.objectives import OBJECTIVES, build_objective_data
 from gptjax.optimizers import RULES, build_optimizer, build_schedule
 from gptjax.optimizers_modern import eval_params
 from gptjax.trials import Layout, injected_optimizer, varying_fields
-from gptjax.workdir import check_init_from, check_memory, check_resume, describe_changes, read_config
+from gptjax.workdir import (
+    check_init_from,
+    check_memory,
+    check_resume,
+    check_shapes,
+    describe_changes,
+    read_config,
+)
 
 
 @flax.struct.dataclass
@@ -358,17 +365,9 @@ def merge_init_from(params, source: storage.PathLike):
     parameter present in both with different shapes is an error naming it. The optimizer starts anew.
     """
     _, _, old_params = restore_params(source)
+    check_shapes(source, old_params, params)
     flat_new = flax.traverse_util.flatten_dict(jax.device_get(params))
     flat_old = flax.traverse_util.flatten_dict(jax.device_get(old_params))
-    name = lambda path: "/".join(str(p) for p in path)
-    for path, old in flat_old.items():
-        if path in flat_new and old.shape != flat_new[path].shape:
-            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape "
-                              f"{tuple(old.shape)} there, {tuple(flat_new[path].shape)} here")
-    missing = sorted(name(path) for path in set(flat_old) - set(flat_new))
-    if missing:
-        raise ConfigError(f"train.init_from {source}: this model has no {missing[0]} "
-                          f"(and {len(missing) - 1} more); model shapes must match")
     return flax.traverse_util.unflatten_dict({**flat_new, **flat_old})
 
 

@@ -133,8 +133,6 @@ def check_resume(workdir: storage.PathLike, cfg: Experiment, abstract_params) ->
 def check_init_from(cfg: Experiment, abstract_params) -> None:
     """Refuse a `train.init_from` that is not a trained workdir of the same family and tokenizer, or
     whose parameters do not fit this model (compared by shape through `jax.eval_shape`, nothing read)."""
-    import flax
-
     from gptjax.checkpoint import checkpoint_steps
     from gptjax.config import known_experiments
     from gptjax.models import abstract_params as model_shapes
@@ -164,14 +162,21 @@ def check_init_from(cfg: Experiment, abstract_params) -> None:
                           f"it has one)")
     if abstract_params is None:
         return
+    check_shapes(source, model_shapes(previous.model)[1], abstract_params)
+
+
+def check_shapes(source: Path, old_params, new_params) -> None:
+    """Refuse `train.init_from` parameters (`old_params`, arrays or shapes) that this model
+    (`new_params`) has in another shape or lacks; parameters only this model has are fine."""
+    import flax
+
     name = lambda path: "/".join(str(p) for p in path)
-    shapes = lambda tree: {k: v.shape for k, v in flax.traverse_util.flatten_dict(tree).items()}
-    new = shapes(abstract_params)
-    old = shapes(model_shapes(previous.model)[1])
+    shapes = lambda tree: {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+    old, new = shapes(old_params), shapes(new_params)
     for path, shape in sorted(old.items()):
         if path in new and shape != new[path]:
-            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape {tuple(shape)} "
-                              f"there, {tuple(new[path])} here")
+            raise ConfigError(f"train.init_from {source}: parameter {name(path)} has shape {shape} "
+                              f"there, {new[path]} here")
     missing = sorted(name(path) for path in set(old) - set(new))
     if missing:
         raise ConfigError(f"train.init_from {source}: this model has no {missing[0]} "
@@ -202,7 +207,12 @@ def check_memory(cfg: Experiment, mesh, param_bytes: int, opt_state_bytes: int, 
     data_parallel = max(1, mesh.devices.size // max(1, t.fsdp))
     activations = (trials * d.batch_size / t.grad_accum / data_parallel * d.seq_len * m.n_embd * layers
                    * itemsize)
-    available, what = _device_memory(mesh.devices.flat[0])
+    # One of this process's own devices: another host's cannot report its memory (every device of a mesh is
+    # of one kind).
+    import jax
+
+    mine = [dev for dev in mesh.devices.flat if dev.process_index == jax.process_index()]
+    available, what = _device_memory(mine[0] if mine else jax.local_devices()[0])
     if state + activations > available:
         gib = lambda b: f"{b / 2**30:,.1f} GiB"
         raise ConfigError(

@@ -2,7 +2,6 @@
 computation of Adam's state, step time against the FLOPs formula, and nothing allocated."""
 
 import dataclasses
-import time
 
 import jax
 import pytest
@@ -102,18 +101,16 @@ def test_every_family_parameter_maps_to_a_component():
 def test_gpt3_175b_is_described_without_allocating(capsys):
     """The GPT-3 175B shape (Brown et al. 2020, Table 2.1) through the command line, in process."""
     live = len(jax.live_arrays())
-    start = time.perf_counter()
     code = cli.main(["describe", "default", "model.vocab_size=50257", "model.context=2048",
                      "model.n_layer=96", "model.n_embd=12288", "model.n_head=96", "data.seq_len=2048",
                      "--accelerator", "v5p"])
-    elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
     assert code == 0
     assert hand_count(96, 12288, 50257, 2048) == 174_604_259_328
     assert "174,604,259,328" in out
     assert "2.54 TiB" in out  # 16 bytes per parameter with Adam: 174.6e9 × 16 / 2^40
-    assert len(jax.live_arrays()) == live  # nothing left on a device: shapes only
-    assert elapsed < 120
+    # Nothing on a device (shapes only); its 700 GB of float32 parameters could not have been allocated.
+    assert len(jax.live_arrays()) == live
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys):
