@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,9 +36,12 @@ def gcs():
         pytest.fail("gcp-storage-emulator is not installed: pip install -e '.[test]'")
     port = _free_port()
     server = os.path.join(os.path.dirname(__file__), "gcs_emulator_server.py")
+    # The server's log goes to a file: a pipe that nobody reads fills up with its tracebacks of closed
+    # connections, and the (single-threaded) server then blocks on the write and every client waits.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([python, server, "start", "--host=127.0.0.1",
                              f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.time() + 60
     while True:
         try:
@@ -46,7 +50,8 @@ def gcs():
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                pytest.fail(f"the GCS emulator did not start: {proc.stderr.read().decode()[-2000:]}")
+                log.seek(0)
+                pytest.fail(f"the GCS emulator did not start: {log.read().decode()[-2000:]}")
             time.sleep(0.1)
     url = f"http://127.0.0.1:{port}"
     closed = f"127.0.0.1:{_free_port()}"  # nothing listens there
@@ -70,3 +75,4 @@ def gcs():
             os.environ[k] = v
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
