@@ -165,7 +165,7 @@ def check_init_from(cfg: Experiment, abstract_params) -> None:
     check_shapes(source, model_shapes(previous.model)[1], abstract_params)
 
 
-def check_shapes(source: Path, old_params, new_params) -> None:
+def check_shapes(source: storage.PathLike, old_params, new_params) -> None:
     """Refuse `train.init_from` parameters (`old_params`, arrays or shapes) that this model
     (`new_params`) has in another shape or lacks; parameters only this model has are fine."""
     import flax

@@ -38,7 +38,7 @@ def gcs():
     server = os.path.join(os.path.dirname(__file__), "gcs_emulator_server.py")
     # The server's log goes to a file: a pipe that nobody reads fills up with its tracebacks of closed
     # connections, and the (single-threaded) server then blocks on the write and every client waits.
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed at teardown, after the server)
     proc = subprocess.Popen([python, server, "start", "--host=127.0.0.1",
                              f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "-q"],
                             stdout=subprocess.DEVNULL, stderr=log)
