@@ -1,7 +1,8 @@
 """An AlgoPerf-style benchmark of 13 optimizers over the GPT, BERT and T5 workloads (gptjax/benchmark.py).
 
-    make sweep NAME=optimizer_benchmark ARGS='--vmap --jobs 2'   # every trial, vmapped per contender+study
-    python experiments/optimizer_benchmark.py                    # scores → docs/optimizer_benchmark/
+    make experiment NAME=optimizer_benchmark    # every trial (vmapped per contender and study), then the
+                                                # scores → runs/optimizer_benchmark/benchmark/report.md
+    python experiments/optimizer_benchmark.py   # the same scores → docs/optimizer_benchmark/ (committed)
 
 The CPU size: each workload is its experiment (`default`, `bert_adam`, `t5_adafactor`) shrunk to two
 layers of width 64 on batches of 16 × 64 tokens, with a step budget of 150 and an evaluation every 10
@@ -18,8 +19,10 @@ each host splits the groups (docs/optimizers.md, "An AlgoPerf-style benchmark").
 """
 
 import dataclasses
+from pathlib import Path
 
-from gptjax.benchmark import Contender, Workload, benchmark_sweep
+from gptjax import storage
+from gptjax.benchmark import Contender, Workload, benchmark_sweep, write_benchmark_report
 from gptjax.config import Experiment, load_experiment
 
 TRIALS = 4
@@ -88,10 +91,14 @@ def get_sweep(base: Experiment) -> dict[str, Experiment]:
     return benchmark_sweep(WORKLOADS, CONTENDERS, TRIALS, STUDIES)
 
 
-if __name__ == "__main__":
-    from pathlib import Path
+VMAP = True  # `make experiment` trains each contender's trials of one study as one vmapped program
 
-    from gptjax.benchmark import write_benchmark_report
 
+def write_report(root) -> Path:
+    """The benchmark's scores (`make experiment`/`make report` call it after the sweep's own report)."""
+    return write_benchmark_report(root, storage.path(root) / "benchmark", WORKLOADS, CONTENDERS)
+
+
+if __name__ == "__main__":  # the committed copy: docs/optimizer_benchmark/ from runs/optimizer_benchmark
     print(write_benchmark_report(Path("runs/optimizer_benchmark"), Path("docs/optimizer_benchmark"),
                                  WORKLOADS, CONTENDERS))

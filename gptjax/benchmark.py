@@ -27,8 +27,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from gptjax import storage
 from gptjax.config import PRESETS, ConfigError, Experiment
-from gptjax.report import RunInfo, mean_ci, time_to_target
+from gptjax.report import RunInfo, mean_ci, save_figure, time_to_target
 from gptjax.sweep import apply_changes, quasi_random, variant_name
 
 TAU_MAX = 4.0  # AlgoPerf's r_max: beyond 4× the fastest, a workload counts as not solved
@@ -299,7 +300,7 @@ def _plots(out, table: dict[str, dict[str, Score]], contenders: Sequence[str]) -
            title="performance profiles (legend: area, the benchmark score)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "performance_profiles.png", dpi=120)
+    save_figure(fig, out / "performance_profiles.png")
     plt.close(fig)
     fig, axes = plt.subplots(1, max(1, len(table)), figsize=(5 * max(1, len(table)), 4), squeeze=False)
     for ax, (name, scores) in zip(axes[0], table.items(), strict=False):
@@ -310,7 +311,7 @@ def _plots(out, table: dict[str, dict[str, Score]], contenders: Sequence[str]) -
                ylabel="final validation loss", title=f"{name}: every trial")
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "lr_sensitivity.png", dpi=120)
+    save_figure(fig, out / "lr_sensitivity.png")
     plt.close(fig)
     return ["performance_profiles.png", "lr_sensitivity.png"]
 
@@ -319,15 +320,13 @@ def write_benchmark_report(root, out, workloads: Sequence[Workload], contenders:
                            notes: Sequence[str] = ()):
     """Score the runs under `root` (a sweep directory of `benchmark_sweep`) and write `out/report.md`
     with its two plots; return the report's path."""
-    from pathlib import Path
-
     from gptjax.report import load_runs
 
-    out = Path(out)
+    out = storage.path(out)  # beside a sweep in a bucket too
     out.mkdir(parents=True, exist_ok=True)
     names = [c.preset for c in contenders]
     table = score(load_runs(root), workloads, contenders)  # a sweep in a bucket too
     plots = _plots(out, table, names) if table else []
     path = out / "report.md"
-    path.write_text(render(table, workloads, names, plots=plots, notes=notes))
+    storage.write_atomic(path, render(table, workloads, names, plots=plots, notes=notes))
     return path

@@ -57,16 +57,32 @@ def _experiment(args: argparse.Namespace) -> int:
         if args.jobs is not None:
             raise ConfigError(f"--jobs is for a sweep; {args.experiment} defines no get_sweep()")
         return _train(args)
-    from gptjax.report import write_report
-    from gptjax.sweep import run_sweep
+    from gptjax.sweep import experiment_extras, run_sweep
 
     name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
     root = storage.path(args.workdir or f"runs/{name}")
-    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs())
+    vmap, _ = experiment_extras(args.experiment)
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs(),
+                        vmap=vmap)
     code = sweep_exit_code(results)
     if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
-        print(f"report written to {write_report(root)}")
+        _write_reports(args.experiment, root)
     return code
+
+
+def _write_reports(experiment: str, root, target: float | None = None) -> None:
+    """The common report of a sweep directory, then the experiment file's own `write_report(root)` if it
+    defines one."""
+    from gptjax.report import write_report
+    from gptjax.sweep import experiment_extras
+
+    print(f"report written to {write_report(root, target=target)}")
+    try:
+        _, own = experiment_extras(experiment)
+    except ConfigError:  # `report` of a directory whose experiment file is gone: the common report only
+        return
+    if own is not None:
+        print(f"report written to {own(root)}")
 
 
 def _language_model(workdir):
@@ -223,13 +239,9 @@ def sweep_exit_code(results: dict) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gptjax.report import write_report
-
     # An experiment given as a path sweeps into runs/<its stem>, as `sweep` does.
     name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
-    root = storage.path(args.dir or f"runs/{name}")
-    path = write_report(root, target=args.target)
-    print(f"report written to {path}")
+    _write_reports(args.experiment, storage.path(args.dir or f"runs/{name}"), target=args.target)
     return 0
 
 

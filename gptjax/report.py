@@ -485,7 +485,8 @@ def preset_axis_notes(settings: list[Setting], base: dict[str, Any] | None = Non
     return lines + [""]
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
+    """A matplotlib figure as a PNG at `path`, a local path or a bucket URL."""
     buffer = io.BytesIO()  # matplotlib writes to a file object; the bytes go where the report goes
     fig.savefig(buffer, format="png", dpi=120)
     storage.write_atomic(path, buffer.getvalue())
@@ -521,7 +522,7 @@ def _plots(root, settings: list[Setting], best: dict[str, dict[str, Setting]], u
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, root / "curves.png")
+    save_figure(fig, root / "curves.png")
     plt.close(fig)
 
     # A learning rate and Adafactor's relative step are different quantities: one axis each.
@@ -544,7 +545,7 @@ def _plots(root, settings: list[Setting], best: dict[str, dict[str, Setting]], u
                title="sensitivity: mean over seeds ± 95% CI")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, root / "lr_sensitivity.png")
+    save_figure(fig, root / "lr_sensitivity.png")
     plt.close(fig)
     return ["curves.png", "lr_sensitivity.png"]
 

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,15 @@ def _module(experiment: str):
 def defines_sweep(experiment: str) -> bool:
     """Whether the experiment file defines `get_sweep()`."""
     return hasattr(_module(experiment)[1], "get_sweep")
+
+
+def experiment_extras(experiment: str) -> tuple[bool, Callable | None]:
+    """What a sweep's experiment file may add for `make experiment` and `report`: `VMAP = True` (its
+    variants are meant to train as vmapped groups) and `write_report(root)`, a report of its own written
+    after the common one (the optimizer benchmark's scores); (False, None) where it defines neither."""
+    module = _module(experiment)[1]
+    report = getattr(module, "write_report", None)
+    return bool(getattr(module, "VMAP", False)), report if callable(report) else None
 
 
 def default_jobs() -> int:

@@ -282,15 +282,31 @@ def test_a_second_sweep_leaves_a_running_variant_alone_and_a_stopped_sweep_stops
 
 @pytest.mark.slow
 def test_make_experiment_sweeps_and_reports_with_get_sweep_and_trains_without(tmp_path, capsys):
+    # The file also asks for vmapped groups and writes a report of its own after the common one.
+    own_report = """
+VMAP = True
+def write_report(root):
+    import json
+    from gptjax.report import load_runs
+    path = root / "own.json"
+    path.write_text(json.dumps(sorted(run.name for run in load_runs(root))))
+    return path
+"""
     sweep = _experiment(tmp_path, ONE_VARIANT.replace("steps=40", "steps=2").replace("eval_every=1000",
-                                                                                       "eval_every=2"), "cmp")
+                                                                                       "eval_every=2")
+                        + own_report, "cmp")
     root = tmp_path / "runs"
     assert main(["experiment", str(sweep), "--workdir", str(root)]) == 0
     out = capsys.readouterr().out
     assert "1 variants, 1 in shard 0/1, 0 already done, 1 to run" in out and "only: done" in out
-    assert f"report written to {root / 'report.md'}" in out
+    assert "vmap: 0 variants in 0 vmapped group(s)" in out  # one variant: nothing to group it with
+    assert f"report written to {root / 'report.md'}\nreport written to {root / 'own.json'}" in out
     assert "1 of 1 variants finished" in (root / "report.md").read_text()
+    assert json.loads((root / "own.json").read_text()) == ["only"]
     assert read_status(root / "only")["status"] == "done"
+    (root / "own.json").unlink()  # `report` writes both again
+    assert main(["report", str(sweep), "--dir", str(root)]) == 0
+    assert json.loads((root / "own.json").read_text()) == ["only"]
     # Without get_sweep() it is `train`: its workdir checks, its refusal of sweep options.
     single = _experiment(tmp_path)
     regular = tmp_path / "a_file"
