@@ -49,8 +49,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> int:
     """`make experiment`: an experiment that defines `get_sweep()` is a comparison, so its sweep runs
-    (`--jobs`, default `default_jobs()`) and its report is written; any other is trained, as `train` does."""
-    from gptjax.sweep import defines_sweep, resolve_parallelism
+    (`--jobs`, `--vmap`, by default as `choose_parallelism` picks for the machine) and its report is
+    written; any other is trained, as `train` does."""
+    from gptjax.sweep import defines_sweep
 
     load_experiment(args.experiment, args.overrides)  # bad input: one line, before anything runs
     if not defines_sweep(args.experiment):
@@ -63,9 +64,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
     root = storage.path(args.workdir or f"runs/{name}")
-    jobs, vmap, line = resolve_parallelism(args.jobs, args.vmap)
-    print(line)
-    results = run_sweep(args.experiment, args.overrides, root=root, jobs=jobs, vmap=vmap)
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs, vmap=args.vmap)
     code = sweep_exit_code(results)
     if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
         print(f"report written to {write_report(root)}")
@@ -194,7 +193,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from gptjax.sweep import parse_shard, resolve_parallelism, run_sweep
+    from gptjax.sweep import parse_shard, run_sweep
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     child_env = None
@@ -203,11 +202,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
         shard = shard if args.shard else host_shard()
         child_env = per_host_env(shard[1])
-    jobs, vmap, line = resolve_parallelism(args.jobs, args.vmap)
-    print(line)
     # SIGTERM/SIGINT: run_sweep passes it to the running variants, records them stopped, raises Preempted.
     results = run_sweep(args.experiment, args.overrides, root=args.dir and storage.path(args.dir),
-                        jobs=jobs, shard=shard, vmap=vmap, per_host=args.per_host,
+                        jobs=args.jobs, shard=shard, vmap=args.vmap, per_host=args.per_host,
                         child_env=child_env)
     return sweep_exit_code(results)
 

@@ -265,18 +265,23 @@ def default_jobs() -> int:
     return choose_parallelism(*machine()).jobs
 
 
-def resolve_parallelism(jobs: int | None, vmap: bool | None, chosen: Parallelism | None = None
-                        ) -> tuple[int, bool, str]:
+def resolve_parallelism(jobs: int | None, vmap: bool | None, chosen: Parallelism | None = None, *,
+                        split: bool = False) -> tuple[int, bool, str]:
     """(jobs, vmap, the line a sweep prints about them): what the command line gave, the rest from
-    `choose_parallelism` for this machine (or `chosen`)."""
+    `choose_parallelism` for this machine (or `chosen`). A sweep split across hosts (`split`: a shard of
+    several, or `--per-host`) is not vmapped unless asked, since a vmapped group trains on one host and
+    the shards would be split by groups, leaving hosts idle."""
     chosen = chosen or choose_parallelism(*machine())
     picked = [what for what, given in (("jobs", jobs), ("vmap", vmap)) if given is None]
     jobs = chosen.jobs if jobs is None else jobs
+    why = chosen.why
+    if vmap is None and split:
+        vmap, why = False, f"{why} (vmap off: the sweep is split across hosts)"
     vmap = chosen.vmap if vmap is None else vmap
-    how = (f"{jobs} job(s)" + (", one vmapped program per group of variants" if vmap else ", no vmap"))
+    how = f"{jobs} job(s)" + (", one vmapped program per group of variants" if vmap else ", no vmap")
     if not picked:
         return jobs, vmap, f"parallelism: {how} (as asked)"
-    return jobs, vmap, (f"parallelism: {how} ({' and '.join(picked)} chosen for this machine, {chosen.why}; "
+    return jobs, vmap, (f"parallelism: {how} ({' and '.join(picked)} chosen for this machine, {why}; "
                         "--jobs N and --vmap/--no-vmap choose)")
 
 
@@ -452,14 +457,16 @@ def _done(workdir: storage.PathLike, cfg: Experiment) -> bool:
 
 
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
-              jobs: int = 1, shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
+              jobs: int | None = 1, shard: tuple[int, int] = (0, 1), vmap: bool | None = False,
+              per_host: bool = False,
               child_env: dict[str, str] | None = None, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
     last line (their `log.txt` holds the whole output) while the others continue. With `vmap`, the
     `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
-    names the variants that no other variant could share a program with. A variant whose `VariantLock`
+    names the variants that no other variant could share a program with. `jobs` or `vmap` None: chosen
+    for this machine (`resolve_parallelism`), and a line says what was chosen. A variant whose `VariantLock`
     another sweep holds is left alone, with the status {"status": "running elsewhere", "holder": …}
     returned (and nothing written into it). SIGTERM/SIGINT: no new child starts, the running ones get
     the signal, checkpoint and exit, each is recorded `stopped` at its checkpointed step, then
@@ -470,8 +477,10 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     root = storage.path(root or f"runs/{base.name}")
     if root.exists() and not root.is_dir():
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    choosing = jobs is None or vmap is None
+    jobs, vmap, parallelism = resolve_parallelism(jobs, vmap, split=shard[1] > 1 or per_host)
     if per_host and (joined := sorted(n for n, v in variants.items() if v.train.distributed)):
         raise ConfigError(f"--per-host trains each variant on one host's devices, but {joined[0]} sets "
                           "train.distributed=true (a job across hosts); drop --per-host to run it on all")
@@ -488,6 +497,8 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     todo = [name for name in mine if not _done(root / name, variants[name])]
     log(f"sweep {base.name}: {len(variants)} variants, {len(mine)} in shard {shard[0]}/{shard[1]}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {jobs} job(s) in {root}")
+    if choosing:
+        log(parallelism)
     if vmap:
         # Regrouped among those left, at their checkpoints: a group resumes in lockstep from one step.
         queue = vmap_groups({n: variants[n] for n in todo}, {n: checkpoint_step(root / n) for n in todo})

@@ -5,7 +5,14 @@ import os
 import pytest
 
 from gptjax.cli import parser
-from gptjax.sweep import Parallelism, choose_parallelism, cpu_slots, default_jobs, machine, resolve_parallelism
+from gptjax.sweep import (
+    Parallelism,
+    choose_parallelism,
+    cpu_slots,
+    default_jobs,
+    machine,
+    resolve_parallelism,
+)
 
 
 @pytest.mark.parametrize(("cores", "device", "jobs"), [(1, "cpu", 1), (2, "cpu", 2), (16, "cpu", 16),
@@ -36,6 +43,10 @@ def test_what_the_command_line_gives_wins_and_the_line_says_which_was_chosen():
     assert "(vmap chosen for this machine" in resolve_parallelism(1, None, chosen)[2]
     assert resolve_parallelism(None, False, chosen)[:2] == (4, False)
     assert resolve_parallelism(2, False, chosen) == (2, False, "parallelism: 2 job(s), no vmap (as asked)")
+    # Split across hosts, a vmapped group would leave hosts idle: no vmap unless asked.
+    jobs, vmap, line = resolve_parallelism(None, None, chosen, split=True)
+    assert (jobs, vmap) == (4, False) and "vmap off: the sweep is split across hosts" in line
+    assert resolve_parallelism(None, True, chosen, split=True)[:2] == (4, True)
     # The command line leaves both unset unless given, for `sweep` and `experiment` alike.
     for command in ("sweep", "experiment"):
         args = parser().parse_args([command, "x"])
