@@ -42,7 +42,7 @@ endif
 KEPT_ACCEL := $(patsubst accel=%,%,$(filter accel=%,$(INSTALLED)))
 
 .PHONY: install lock experiment sample test test-quick lint clean sweep report describe bench bench-loss bench-sweep \
-	bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data tensorboard bench-checksum FORCE \
+	bench-sweep-throughput bench-compile bench-generate bench-torch bench-mfu bench-allocator prepare bench-data tensorboard bench-checksum FORCE \
 	tpu-setup tpu-sweep tpu-experiment
 
 install: $(STAMP)
@@ -139,6 +139,12 @@ report: $(STAMP)
 
 bench-sweep: $(STAMP)
 	$(PY) benchmarks/bench_sweep.py
+
+# Trials/hour of the optimizer-comparison sweep per mode (--jobs 1, --jobs <cores>, --vmap, both) against
+# nanoGPT-style PyTorch trials one after another (sweep_throughput.json; about an hour on 2 cores, so not
+# in `make bench`). ARGS=--quick: 4 short trials, a few minutes (sweep_throughput_quick.json).
+bench-sweep-throughput: $(STAMP)
+	$(PY) benchmarks/bench_sweep.py --throughput $(ARGS)
 
 bench-loss: $(STAMP)
 	$(PY) benchmarks/bench_loss.py

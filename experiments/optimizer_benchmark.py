@@ -91,9 +91,6 @@ def get_sweep(base: Experiment) -> dict[str, Experiment]:
     return benchmark_sweep(WORKLOADS, CONTENDERS, TRIALS, STUDIES)
 
 
-VMAP = True  # `make experiment` trains each contender's trials of one study as one vmapped program
-
-
 def write_report(root) -> Path:
     """The benchmark's scores (`make experiment`/`make report` call it after the sweep's own report)."""
     return write_benchmark_report(root, storage.path(root) / "benchmark", WORKLOADS, CONTENDERS)

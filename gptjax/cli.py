@@ -49,21 +49,21 @@ def _train(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> int:
     """`make experiment`: an experiment that defines `get_sweep()` is a comparison, so its sweep runs
-    (`--jobs`, default `default_jobs()`) and its report is written; any other is trained, as `train` does."""
-    from gptjax.sweep import default_jobs, defines_sweep
+    (`--jobs`, `--vmap`, by default as `choose_parallelism` picks for the machine) and its report is
+    written; any other is trained, as `train` does."""
+    from gptjax.sweep import defines_sweep
 
     load_experiment(args.experiment, args.overrides)  # bad input: one line, before anything runs
     if not defines_sweep(args.experiment):
-        if args.jobs is not None:
-            raise ConfigError(f"--jobs is for a sweep; {args.experiment} defines no get_sweep()")
+        if args.jobs is not None or args.vmap is not None:
+            flag = "--jobs" if args.jobs is not None else "--vmap/--no-vmap"
+            raise ConfigError(f"{flag} is for a sweep; {args.experiment} defines no get_sweep()")
         return _train(args)
-    from gptjax.sweep import experiment_extras, run_sweep
+    from gptjax.sweep import run_sweep
 
     name = os.path.basename(args.experiment)[:-3] if args.experiment.endswith(".py") else args.experiment
     root = storage.path(args.workdir or f"runs/{name}")
-    vmap, _ = experiment_extras(args.experiment)
-    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs or default_jobs(),
-                        vmap=vmap)
+    results = run_sweep(args.experiment, args.overrides, root=root, jobs=args.jobs, vmap=args.vmap)
     code = sweep_exit_code(results)
     if code in (0, 1):  # a failed variant is in the report's table of unfinished ones
         _write_reports(args.experiment, root)
@@ -74,11 +74,11 @@ def _write_reports(experiment: str, root, target: float | None = None) -> None:
     """The common report of a sweep directory, then the experiment file's own `write_report(root)` if it
     defines one."""
     from gptjax.report import write_report
-    from gptjax.sweep import experiment_extras
+    from gptjax.sweep import experiment_report
 
     print(f"report written to {write_report(root, target=target)}")
     try:
-        _, own = experiment_extras(experiment)
+        own = experiment_report(experiment)
     except ConfigError:  # `report` of a directory whose experiment file is gone: the common report only
         return
     if own is not None:
@@ -316,7 +316,10 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--workdir", help="the run's workdir, or the sweep's directory (default: "
                                      "runs/<experiment>)")
     x.add_argument("--jobs", type=int, help="a sweep's variants trained at once (default: every core on a "
-                                            "CPU, 1 on an accelerator)")
+                                            "CPU, each child on its own core; 1 on an accelerator)")
+    x.add_argument("--vmap", action=argparse.BooleanOptionalAction,
+                   help="a sweep's variants that differ only in lr/b1/b2/eps/weight_decay of one update rule "
+                        "trained as one vmapped program each (default: on)")
     x.set_defaults(func=_experiment)
 
     s = sub.add_parser("sample", help="generate text from a trained workdir")
@@ -343,16 +346,18 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="train every variant of an experiment's get_sweep() into runs/<name>/")
     w.add_argument("experiment", help="a name in experiments/ or a path to a .py file defining get_sweep()")
     w.add_argument("overrides", nargs="*", metavar="key=value", help="applied to the base config first")
-    w.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
+    w.add_argument("--jobs", type=int, help="variants trained at once, one process each (default: every "
+                                            "core on a CPU, each child on its own core; 1 on an accelerator)")
     w.add_argument("--shard", help="i/N: run only every N-th variant starting at i (0 <= i < N), for N hosts")
     w.add_argument("--dir", help="sweep directory, local or gs://bucket/… (default: runs/<experiment>)")
     w.add_argument("--per-host", action="store_true",
                    help="on a multi-host machine (TPU slice, SLURM job), run this host's shard of the "
                         "variants on its own devices; the shard i/N comes from the environment unless "
                         "--shard is given")
-    w.add_argument("--vmap", action="store_true",
+    w.add_argument("--vmap", action=argparse.BooleanOptionalAction,
                    help="train variants that differ only in lr/b1/b2/eps/weight_decay of one update rule as "
-                        "one vmapped program each; shards then split these groups (use it on every host)")
+                        "one vmapped program each; shards then split these groups (the same on every host; "
+                        "default: on)")
     w.set_defaults(func=_sweep)
 
     r = sub.add_parser("report", help="tables and plots of a sweep, from its metrics.jsonl files")

@@ -56,6 +56,7 @@ from gptjax.guards import (
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.=,+-]+")
 STATUS = "status.json"  # in each variant's workdir: {"status": "done" | "failed" | "running", ...}
+CPUS_ENV = "GPTJAX_SWEEP_CPUS"  # a sweep child's cores, comma-separated (`cpu_slots`)
 
 def replace_path(cfg: Experiment, path: str, value: Any) -> Experiment:
     """`cfg` with the field at dotted `path` (e.g. "optim.lr") set to `value`; "optim.preset" swaps in the
@@ -217,27 +218,91 @@ def defines_sweep(experiment: str) -> bool:
     return hasattr(_module(experiment)[1], "get_sweep")
 
 
-def experiment_extras(experiment: str) -> tuple[bool, Callable | None]:
-    """What a sweep's experiment file may add for `make experiment` and `report`: `VMAP = True` (its
-    variants are meant to train as vmapped groups) and `write_report(root)`, a report of its own written
-    after the common one (the optimizer benchmark's scores); (False, None) where it defines neither."""
-    module = _module(experiment)[1]
-    report = getattr(module, "write_report", None)
-    return bool(getattr(module, "VMAP", False)), report if callable(report) else None
+def experiment_report(experiment: str) -> Callable | None:
+    """The report of its own that a sweep's experiment file may define, `write_report(root)` (the optimizer
+    benchmark's scores), which `make experiment` and `report` write after the common one; else None."""
+    report = getattr(_module(experiment)[1], "write_report", None)
+    return report if callable(report) else None
+
+
+def machine() -> tuple[int, str]:
+    """(cores this process may use, "cpu" or the accelerator JAX will compute on: "gpu", "tpu"), decided
+    without importing JAX: `JAX_PLATFORMS`' first entry if set, else the machine's NVIDIA or TPU device
+    files."""
+    cores = len(os.sched_getaffinity(0))
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        first = platforms.split(",")[0].strip()
+        return cores, "cpu" if first == "cpu" else ("tpu" if first == "tpu" else "gpu")
+    if Path("/dev/nvidia0").exists():
+        return cores, "gpu"
+    if any(Path("/dev").glob("accel[0-9]*")) or Path("/dev/vfio/0").exists():
+        return cores, "tpu"
+    return cores, "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallelism:
+    """How a sweep runs its variants when the command line does not say: `jobs` children at once, variants
+    that can share a vmapped program grouped (`vmap`), and why, in words for the line a sweep prints."""
+
+    jobs: int
+    vmap: bool
+    why: str
+
+
+def choose_parallelism(cores: int, device: str) -> Parallelism:
+    """The fastest way measured to run a sweep on this machine (benchmarks/README.md, "Sweep throughput").
+    On a CPU: one child per core, each confined to its own core (`cpu_slots`), and vmapped groups, which
+    share one start-up, one compile and one program among a group's trials. On a GPU or TPU: one child,
+    since each JAX process claims most of the accelerator's memory, and vmapped groups, since one small
+    trial leaves most of the accelerator idle. Vectorising is chosen alike on every machine, so that hosts
+    that split a sweep with `--shard` split it into the same units."""
+    if device == "cpu":
+        jobs = max(1, cores)
+        return Parallelism(jobs, True, f"{cores}-core CPU: {jobs} job(s)"
+                           + (", one core each" if jobs > 1 else "") + ", vmapped groups")
+    return Parallelism(1, True, f"{device.upper()}: 1 job (each process claims most of its memory), "
+                                "vmapped groups")
 
 
 def default_jobs() -> int:
-    """Variants at once for `make experiment`: every core this process may use when JAX computes on the
-    CPU; one on a GPU or TPU, since each JAX process claims most of the accelerator's memory. Decided
-    without importing JAX: `JAX_PLATFORMS`' first entry if set, else whether the machine has an NVIDIA or
-    TPU device file."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        on_cpu = platforms.split(",")[0].strip() == "cpu"
-    else:
-        on_cpu = not (Path("/dev/nvidia0").exists() or any(Path("/dev").glob("accel[0-9]*"))
-                      or Path("/dev/vfio/0").exists())
-    return len(os.sched_getaffinity(0)) if on_cpu else 1
+    """Variants at once for a sweep whose command line names none: `choose_parallelism`'s for this machine
+    (every core this process may use on a CPU, one on a GPU or TPU)."""
+    return choose_parallelism(*machine()).jobs
+
+
+def resolve_parallelism(jobs: int | None, vmap: bool | None, chosen: Parallelism | None = None, *,
+                        split: bool = False) -> tuple[int, bool, str]:
+    """(jobs, vmap, the line a sweep prints about them): what the command line gave, the rest from
+    `choose_parallelism` for this machine (or `chosen`). A sweep split across hosts (`split`: a shard of
+    several, or `--per-host`) is not vmapped unless asked, since a vmapped group trains on one host and
+    the shards would be split by groups, leaving hosts idle."""
+    chosen = chosen or choose_parallelism(*machine())
+    picked = [what for what, given in (("jobs", jobs), ("vmap", vmap)) if given is None]
+    jobs = chosen.jobs if jobs is None else jobs
+    why = chosen.why
+    if vmap is None and split:
+        vmap, why = False, f"{why} (vmap off: the sweep is split across hosts)"
+    vmap = chosen.vmap if vmap is None else vmap
+    how = f"{jobs} job(s)" + (", one vmapped program per group of variants" if vmap else ", no vmap")
+    if not picked:
+        return jobs, vmap, f"parallelism: {how} (as asked)"
+    return jobs, vmap, (f"parallelism: {how} ({' and '.join(picked)} chosen for this machine, {why}; "
+                        "--jobs N and --vmap/--no-vmap choose)")
+
+
+def cpu_slots(jobs: int, cpus: Sequence[int] | None = None) -> list[frozenset[int]] | None:
+    """The cores of each of `jobs` children running at once: this process's cores (or `cpus`) split into
+    `jobs` disjoint sets of equal size, the remainder left out. XLA's CPU client sizes its thread pool by
+    the cores its process may run on, and its flags do not confine it (with `--xla_cpu_multi_thread_eigen=
+    false` a child still kept 3-4 threads busy on 2 cores), so an affinity mask is what gives each child
+    its share. None (no confinement) for one job, or for more jobs than cores."""
+    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if jobs <= 1 or jobs > len(cpus):
+        return None
+    width = len(cpus) // jobs
+    return [frozenset(cpus[k * width:(k + 1) * width]) for k in range(jobs)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -327,7 +392,7 @@ def _last_error(log) -> str:
 
 
 def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int,
-           child_env: dict[str, str] | None = None) -> subprocess.Popen:
+           child_env: dict[str, str] | None = None, cpus: frozenset[int] | None = None) -> subprocess.Popen:
     # One child per unit: a variant alone, or a vmapped group whose output goes to its first log.
     for name in unit:
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -342,6 +407,8 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
         # Several XLA processes on few cores: one compute thread each avoids oversubscribing them.
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    if cpus:  # the child confines itself to these cores before JAX starts its threads (`cpu_slots`)
+        env[CPUS_ENV] = ",".join(str(c) for c in sorted(cpus))
     with _log_file(root, unit[0]).open("a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gptjax.sweep", *(str(root / n) for n in unit)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -397,14 +464,16 @@ def _done(workdir: storage.PathLike, cfg: Experiment) -> bool:
 
 
 def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.PathLike | None = None,
-              jobs: int = 1, shard: tuple[int, int] = (0, 1), vmap: bool = False, per_host: bool = False,
+              jobs: int | None = 1, shard: tuple[int, int] = (0, 1), vmap: bool | None = False,
+              per_host: bool = False,
               child_env: dict[str, str] | None = None, log=print) -> dict[str, dict[str, Any]]:
     """Train every variant of `experiment`'s sweep (this shard's) into `root/<variant>/` (default
     `runs/<experiment>`), `jobs` subprocesses at a time; return each variant's status. Finished variants
     are skipped, interrupted ones resumed, failed ones recorded in their `status.json` with the error's
     last line (their `log.txt` holds the whole output) while the others continue. With `vmap`, the
     `vmap_groups` of the variants are the units (sharded, and each trained in one subprocess) and a line
-    names the variants that no other variant could share a program with. A variant whose `VariantLock`
+    names the variants that no other variant could share a program with. `jobs` or `vmap` None: chosen
+    for this machine (`resolve_parallelism`), and a line says what was chosen. A variant whose `VariantLock`
     another sweep holds is left alone, with the status {"status": "running elsewhere", "holder": …}
     returned (and nothing written into it). SIGTERM/SIGINT: no new child starts, the running ones get
     the signal, checkpoint and exit, each is recorded `stopped` at its checkpointed step, then
@@ -415,8 +484,10 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     root = storage.path(root or f"runs/{base.name}")
     if root.exists() and not root.is_dir():
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    choosing = jobs is None or vmap is None
+    jobs, vmap, parallelism = resolve_parallelism(jobs, vmap, split=shard[1] > 1 or per_host)
     if per_host and (joined := sorted(n for n, v in variants.items() if v.train.distributed)):
         raise ConfigError(f"--per-host trains each variant on one host's devices, but {joined[0]} sets "
                           "train.distributed=true (a job across hosts); drop --per-host to run it on all")
@@ -433,6 +504,8 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     todo = [name for name in mine if not _done(root / name, variants[name])]
     log(f"sweep {base.name}: {len(variants)} variants, {len(mine)} in shard {shard[0]}/{shard[1]}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {jobs} job(s) in {root}")
+    if choosing:
+        log(parallelism)
     if vmap:
         # Regrouped among those left, at their checkpoints: a group resumes in lockstep from one step.
         queue = vmap_groups({n: variants[n] for n in todo}, {n: checkpoint_step(root / n) for n in todo})
@@ -442,6 +515,9 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
                f"vectorisable optimizer fields): {', '.join(alone)}" if alone else ""))
     else:
         queue = [[name] for name in todo]
+    # Each child at once gets its own share of the cores; fewer units than jobs get wider shares.
+    slots = cpu_slots(min(jobs, len(queue)))
+    free_slots, slot_of = list(range(len(slots or []))), {}
     results = {name: read_status(root / name) for name in mine if name not in todo}
     running: dict[tuple[str, ...], tuple[subprocess.Popen, float, list, dict]] = {}
     counter = {"finished": 0}
@@ -502,7 +578,12 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
                 free.append(name)
         if free:
             before = {name: read_status(root / name) for name in free}
-            running[tuple(free)] = (_start(free, variants, root, jobs, child_env), time.time(), locks, before)
+            slot = free_slots.pop(0) if slots else None
+            cpus = slots[slot] if slots else None
+            running[tuple(free)] = (_start(free, variants, root, jobs, child_env, cpus), time.time(), locks,
+                                    before)
+            if slots:
+                slot_of[tuple(free)] = slot
 
     with StopSignals() as stop:
         try:
@@ -513,6 +594,8 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
                 for unit, child in list(running.items()):
                     if child[0].poll() is not None:
                         del running[unit]
+                        if unit in slot_of:
+                            free_slots.append(slot_of.pop(unit))
                         record(unit, *child)
         finally:
             # Stopped (or failing): the children checkpoint and exit at the step they are on. A signal
@@ -585,6 +668,8 @@ def _run_group(workdirs: Sequence) -> int:
 if __name__ == "__main__":
     from gptjax.guards import stop_on_signals
 
+    if os.environ.get(CPUS_ENV):  # before JAX sizes its thread pool by the cores this process may use
+        os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
     stop_on_signals()
     paths = [storage.path(a) for a in sys.argv[1:]]
     sys.exit(_run_variant(paths[0]) if len(paths) == 1 else _run_group(paths))

@@ -282,9 +282,8 @@ def test_a_second_sweep_leaves_a_running_variant_alone_and_a_stopped_sweep_stops
 
 @pytest.mark.slow
 def test_make_experiment_sweeps_and_reports_with_get_sweep_and_trains_without(tmp_path, capsys):
-    # The file also asks for vmapped groups and writes a report of its own after the common one.
+    # The file also writes a report of its own after the common one.
     own_report = """
-VMAP = True
 def write_report(root):
     import json
     from gptjax.report import load_runs
