@@ -167,7 +167,11 @@ def test_vectorised_trials_equal_separate_runs(tmp_path):
             state, metrics = steps.step(state, data.train_batch(k))
             losses.append(float(objective_loss(metrics)))
         np.testing.assert_allclose([r["loss"] for r in _records(workdir, "train")], losses, rtol=1e-6)
-        jax.tree.map(lambda v, s: np.testing.assert_allclose(v, np.asarray(s), rtol=1e-4, atol=1e-5),
+        # Where a gradient is rounding noise, Adam's m/√v is still O(1), so the two programs' roundings can
+        # move such a parameter by a fraction of lr (Python 3.12's locked versions: 1.6e-5 at lr 1e-3); a
+        # wrong lr, β2 or decay moves every parameter by the order of lr and fails rtol.
+        jax.tree.map(lambda v, s, atol=0.05 * cfg.optim.lr: np.testing.assert_allclose(v, np.asarray(s),
+                                                                                       rtol=1e-4, atol=atol),
                      jax.device_get(restore_params(workdir)[2]), jax.device_get(state.params))
     with pytest.raises(ConfigError, match="cannot be vectorised"):
         other_rule = dataclasses.replace(base, optim=dataclasses.replace(base.optim, rule="adam_l2"))
