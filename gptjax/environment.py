@@ -159,24 +159,29 @@ def supported_pythons(path: str | None = None, pyenv_root: str | None = None) ->
     return sorted(seen.items(), reverse=True)
 
 
-def choose_python(requested: str = "", path: str | None = None, pyenv_root: str | None = None) -> str:
-    """The command to build .venv with: the requested one (default python3) when it is a supported
-    version, else the newest supported one found (said in one line on stderr), else exit 2 with one line
-    saying which versions gptjax needs and how to get one on Ubuntu."""
-    requested = requested or "python3"
-    version = interpreter_version(requested)
+def choose_python(requested: str = "", path: str | None = None, pyenv_root: str | None = None,
+                  default: str = "python3") -> str:
+    """The command to build .venv with. A requested one (`PYTHON=`) is used if it is a supported version,
+    else refused in one line that names one found here that would do; without a request, `default`
+    (python3) if supported, else the newest supported one found (said in one line on stderr). With none
+    found: exit 2 with one line saying which versions gptjax needs and how to get one on Ubuntu."""
+    command = requested or default
+    version = interpreter_version(command)
     if version and version[:2] in SUPPORTED and version[2]:
-        return requested
+        return command
     found = supported_pythons(path, pyenv_root)
-    have = f"{requested} is Python {version[0]}.{version[1]}" if version else f"{requested} does not run"
+    have = f"{command} is Python {version[0]}.{version[1]}" if version else f"{command} does not run"
+    if version and version[:2] in SUPPORTED:
+        hint = f" (or PYTHON={found[0][1]})" if found else ""
+        _fail(f"{command} has no venv module: on Ubuntu `sudo apt install python{version[0]}."
+              f"{version[1]}-venv`, then make install again{hint}")
+    if found and requested:
+        _fail(f"{have} and gptjax needs {_names(SUPPORTED)}: PYTHON={found[0][1]} would do")
     if found:
         (major, minor), command = found[0]
         sys.stderr.write(f"{have} and gptjax needs {_names(SUPPORTED)}: using {command} "
                          f"(Python {major}.{minor}) instead\n")
         return command
-    if version and version[:2] in SUPPORTED:
-        _fail(f"{requested} has no venv module: on Ubuntu `sudo apt install python{version[0]}."
-              f"{version[1]}-venv`, then make install again")
     _fail(f"{have} and gptjax needs Python {_names(SUPPORTED)}, none of which is here; on Ubuntu get one "
           f"with `sudo add-apt-repository ppa:deadsnakes/ppa && sudo apt install python3.12-venv` or "
           f"`pip install uv && uv python install 3.12`, then `make install PYTHON=python3.12`")

@@ -134,13 +134,25 @@ def test_choose_python_takes_a_supported_one_or_says_in_one_line_what_to_get(tmp
     (pyenv / "versions" / "3.11.9" / "bin").mkdir(parents=True)
     inside = _fake_python(pyenv / "versions" / "3.11.9" / "bin", "python3.11", 3, 11)
     assert env.supported_pythons(path=str(bin_), pyenv_root=str(pyenv)) == [((3, 11), str(inside))]
-    assert env.choose_python(str(old), path=str(bin_), pyenv_root=str(pyenv)) == str(inside)
+    # The default python3 too old: the newest supported one found is used, in one line.
+    assert env.choose_python("", path=str(bin_), pyenv_root=str(pyenv), default=str(old)) == str(inside)
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and f"using {inside} (Python 3.11) instead" in line
+    # An explicit PYTHON= is never swapped for another: refused, naming one that would do.
+    for requested, says in ((str(old), "is Python 3.10"), (str(bin_ / "python3.13"), "does not run")):
+        with pytest.raises(SystemExit) as stop:
+            env.choose_python(requested, path=str(bin_), pyenv_root=str(pyenv))
+        line = capsys.readouterr().err
+        assert stop.value.code == 2 and line.count("\n") == 1
+        assert says in line and line.rstrip().endswith(f"PYTHON={inside} would do")
+    with pytest.raises(SystemExit):
+        env.choose_python(str(bin_ / "python3.12"), path=str(bin_), pyenv_root=str(pyenv))
+    assert "has no venv module" in capsys.readouterr().err
 
     # The newest supported one wins.
     _fake_python(bin_, "python3.13", 3, 13)
-    assert env.choose_python(str(old), path=str(bin_), pyenv_root=str(pyenv)) == str(bin_ / "python3.13")
+    assert env.choose_python("", path=str(bin_), pyenv_root=str(pyenv),
+                             default=str(old)) == str(bin_ / "python3.13")
 
 
 def test_the_script_runs_under_the_interpreter_it_judges():
