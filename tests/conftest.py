@@ -8,6 +8,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # text: sources are prepared into cached stores: the tests' go to a directory of their own, not ~/.cache.
 os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="gptjax-test-cache-"))
+# One persistent compilation cache for the whole session: most of the suite's time is XLA compiling the
+# same tiny programs again, in each test and in every subprocess a kill, stop or sweep test starts. JAX
+# reads these variables at import, so this process, the xdist workers (started after this file is loaded
+# by the controller, with its environment) and their children all share the directory; a program is
+# compiled once per run. A cache hit deserialises the executable the miss compiled, so results are the
+# same. JAX writes an entry in place (not renamed into it); a maximum size turns on its file lock around
+# every read and write, so that no process reads an entry another is still writing. The process that
+# made the directory removes it at the end (pytest_unconfigure). A cache test needs one of its own (e.g.
+# tests/test_train.py test_the_compilation_cache_serves_a_repeated_run drops the variable).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="gptjax-test-jax-cache-")
+    _OWN_COMPILATION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+else:
+    _OWN_COMPILATION_CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 import dataclasses  # noqa: E402
 
@@ -63,3 +79,9 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a GPU (JAX_PLATFORMS=cuda,cpu on a GPU machine)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with the process that made it (xdist's controller)."""
+    if _OWN_COMPILATION_CACHE:
+        __import__("shutil").rmtree(_OWN_COMPILATION_CACHE, ignore_errors=True)
