@@ -63,6 +63,20 @@ def tiny():
     return tiny_experiment()
 
 
+TRAINED_CFG = tiny_experiment(steps=4, checkpoint_every=2, eval_every=100)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """TRAINED_CFG trained: checkpoints at steps 2 and 4, shared by tests/test_checkpoint.py and
+    tests/test_workdir.py. Read it as it is; a test that changes anything works on a copy."""
+    from gptjax.train import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    train(TRAINED_CFG, workdir, log=lambda *_: None)
+    return workdir
+
+
 def _has_gpu() -> bool:
     import jax
 
