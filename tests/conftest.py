@@ -12,18 +12,20 @@ os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix=
 # same tiny programs again, in each test and in every subprocess a kill, stop or sweep test starts. JAX
 # reads these variables at import, so this process, the xdist workers (started after this file is loaded
 # by the controller, with its environment) and their children all share the directory; a program is
-# compiled once per run. A cache hit deserialises the executable the miss compiled, so results are the
-# same. JAX writes an entry in place (not renamed into it); a maximum size turns on its file lock around
-# every read and write, so that no process reads an entry another is still writing. The process that
-# made the directory removes it at the end (pytest_unconfigure). A cache test needs one of its own (e.g.
-# tests/test_train.py test_the_compilation_cache_serves_a_repeated_run drops the variable).
+# compiled once per run. A hit deserialises the executable the first compilation wrote: the same program.
+# JAX writes an entry in place, not renamed into it, so a reader racing a writer, or a child killed by a
+# kill test mid-write, can meet a truncated entry: zlib refuses it, JAX warns and compiles afresh (tried).
+# No JAX_COMPILATION_CACHE_MAX_SIZE: with one, JAX locks the directory around each read and write, but
+# each write also stats and reads every entry to decide on evictions, a cost that grows with the square
+# of the suite's thousands of entries (0.34 s a write at 3,000). The process that made the directory
+# removes it at the end (pytest_unconfigure). A test of the cache itself uses a directory of its own
+# (tests/test_train.py test_the_compilation_cache_serves_a_repeated_run drops these variables).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="gptjax-test-jax-cache-")
     _OWN_COMPILATION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
 else:
     _OWN_COMPILATION_CACHE = None
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 import dataclasses  # noqa: E402
 

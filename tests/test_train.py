@@ -219,7 +219,7 @@ def test_the_compilation_cache_serves_a_repeated_run(tmp_path):
     # As a user runs it: without the session's shared cache (tests/conftest.py), so that the entries
     # counted are the ones this experiment's train.compilation_cache_dir wrote.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE",
+           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
                         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
     entries = []
     for run in ("first", "second"):
