@@ -8,6 +8,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # text: sources are prepared into cached stores: the tests' go to a directory of their own, not ~/.cache.
 os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="gptjax-test-cache-"))
+# One persistent compilation cache for the whole session: most of the suite's time is XLA compiling the
+# same tiny programs again, in each test and in every subprocess a kill, stop or sweep test starts. JAX
+# reads these variables at import, so this process, the xdist workers (started after this file is loaded
+# by the controller, with its environment) and their children all share the directory; a program is
+# compiled once per run. A hit deserialises the executable the first compilation wrote: the same program.
+# JAX writes an entry in place, not renamed into it, so a reader racing a writer, or a child killed by a
+# kill test mid-write, can meet a truncated entry: zlib refuses it, JAX warns and compiles afresh (tried).
+# No JAX_COMPILATION_CACHE_MAX_SIZE: with one, JAX locks the directory around each read and write, but
+# each write also stats and reads every entry to decide on evictions, a cost that grows with the square
+# of the suite's thousands of entries (0.34 s a write at 3,000). The process that made the directory
+# removes it at the end (pytest_unconfigure). A test of the cache itself uses a directory of its own
+# (tests/test_train.py test_the_compilation_cache_serves_a_repeated_run drops these variables).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="gptjax-test-jax-cache-")
+    _OWN_COMPILATION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+else:
+    _OWN_COMPILATION_CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import dataclasses  # noqa: E402
 
@@ -47,6 +65,20 @@ def tiny():
     return tiny_experiment()
 
 
+TRAINED_CFG = tiny_experiment(steps=4, checkpoint_every=2, eval_every=100)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """TRAINED_CFG trained: checkpoints at steps 2 and 4, shared by tests/test_checkpoint.py and
+    tests/test_workdir.py. Read it as it is; a test that changes anything works on a copy."""
+    from gptjax.train import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    train(TRAINED_CFG, workdir, log=lambda *_: None)
+    return workdir
+
+
 def _has_gpu() -> bool:
     import jax
 
@@ -63,3 +95,9 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a GPU (JAX_PLATFORMS=cuda,cpu on a GPU machine)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with the process that made it (xdist's controller)."""
+    if _OWN_COMPILATION_CACHE:
+        __import__("shutil").rmtree(_OWN_COMPILATION_CACHE, ignore_errors=True)

@@ -18,18 +18,10 @@ from gptjax.checkpoint import MANIFEST, Checkpointer, checkpoint_steps, restore_
 from gptjax.cli import main
 from gptjax.data import build_data
 from gptjax.models import abstract_params
-from gptjax.train import build_steps, resolve, train
-from tests.conftest import TINY_FILE, tiny_experiment
+from gptjax.train import build_steps, resolve
+from tests.conftest import TINY_FILE, TRAINED_CFG
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny run with checkpoints at steps 2 and 4 (tests copy it before changing anything)."""
-    workdir = tmp_path_factory.mktemp("trained")
-    train(tiny_experiment(steps=4, checkpoint_every=2, eval_every=100), workdir, log=lambda *_: None)
-    return workdir
 
 
 def _copy(trained, tmp_path):
@@ -97,7 +89,7 @@ def test_eight_flipped_bytes_are_caught_readers_fall_back_and_only_the_holder_mo
         np.testing.assert_array_equal(a, b)
     assert _snapshot(workdir) == before
     # The lock holder (train) moves it aside and resumes from step 2.
-    cfg = tiny_experiment(steps=4, checkpoint_every=2, eval_every=100)
+    cfg = TRAINED_CFG
     steps = build_steps(resolve(cfg, build_data(cfg.data, 0).tokenizer.vocab_size))
     messages = []
     checkpointer = Checkpointer(workdir / "checkpoints", 5)

@@ -840,7 +840,8 @@ def test_the_train_step_gives_sophia_the_hessian_of_the_batch_loss(tiny_gpt):
 
     _, key = jax.random.split(jax.random.PRNGKey(0))
     signs = optax.tree.random_like(key, params, jax.random.rademacher, dtype=jnp.float32)
-    hvp = jax.grad(lambda p: optax.tree.vdot(jax.grad(loss)(p), signs))(params)
+    # Jitted: one program, where run eagerly each primitive of the double backward pass compiled alone.
+    hvp = jax.jit(jax.grad(lambda p: optax.tree.vdot(jax.grad(loss)(p), signs)))(params)
     b2 = cfg.optim.b2
     for got, u, hu in zip(jax.tree.leaves(jax.device_get(sophia.nu)), jax.tree.leaves(signs),
                           jax.tree.leaves(hvp), strict=True):

@@ -216,7 +216,11 @@ def test_the_compilation_cache_serves_a_repeated_run(tmp_path):
 
     experiment = tmp_path / "tinyrun.py"
     experiment.write_text(TINY_FILE)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # As a user runs it: without the session's shared cache (tests/conftest.py), so that the entries
+    # counted are the ones this experiment's train.compilation_cache_dir wrote.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
+                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
     entries = []
     for run in ("first", "second"):
         cache = f"train.compilation_cache_dir={tmp_path / 'cache'}"

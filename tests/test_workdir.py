@@ -16,16 +16,9 @@ from gptjax.config import PRESETS, ConfigError, from_dict, to_dict
 from gptjax.data import build_data
 from gptjax.train import build_steps, resolve, train
 from gptjax.workdir import check_resume, describe_changes, read_config
-from tests.conftest import tiny_experiment
+from tests.conftest import TRAINED_CFG
 
-CFG = tiny_experiment(steps=4, checkpoint_every=2, eval_every=100)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("trained")
-    train(CFG, workdir, log=lambda *_: None)
-    return workdir
+CFG = TRAINED_CFG  # the config of the `trained` workdir (tests/conftest.py)
 
 
 def _copy(trained, tmp_path):
