@@ -62,12 +62,29 @@ class _EventFiles:
         pass  # a bucket has no directories to create
 
 
+def _tensorboardx():
+    """tensorboardX's writer and writer registry, imported without PyTorch: tensorboardX imports torch at
+    import time when it is installed (to accept its tensors, which gptjax never logs), and that import is
+    most of tensorboardX's import time, paid by every run and every sweep child."""
+    import sys
+
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+        from tensorboardX.record_writer import register_writer_factory
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+    return SummaryWriter, register_writer_factory
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step and split to `metrics.jsonl`, mirrored to TensorBoard."""
 
     def __init__(self, workdir: storage.PathLike):
-        from tensorboardX import SummaryWriter
-        from tensorboardX.record_writer import register_writer_factory
+        SummaryWriter, register_writer_factory = _tensorboardx()
 
         workdir = storage.path(workdir)
         if storage.is_remote(workdir):

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -72,6 +74,20 @@ def test_tensorboard_reads_what_metrics_jsonl_holds(tmp_path):
     assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/loss"]
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 5.5), (2, 5.25)]
     assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(2, 5.0)]
+
+
+def test_the_metrics_writer_leaves_pytorch_unimported_and_importable(tmp_path):
+    """tensorboardX imports PyTorch at import time where it is installed, the most of its import cost;
+    the writer keeps it out, and a later `import torch` (the user's own) still works."""
+    pytest.importorskip("torch")
+    code = ("import sys; from gptjax.metrics import MetricsWriter; w = MetricsWriter(sys.argv[1]); "
+            "w.write(1, 'train', {'loss': 1.0}); w.close(); print('torch' in sys.modules); "
+            "import torch; print(torch.ones(2).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "2.0"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_20_then_40_equals_40_straight(tmp_path):
