@@ -55,15 +55,22 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
-    """An optimizer in the benchmark: a preset (its rule and untuned numbers) and its search space."""
+    """An optimizer in the benchmark: a preset (its rule and untuned numbers), its search space, and
+    fields `fixed` for every trial of it (say why beside them; e.g. a cost that the benchmark's size
+    cannot pay)."""
 
     preset: str
     space: Space
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"benchmark contender: unknown optimizer preset {self.preset!r}; known: "
                               f"{', '.join(PRESETS)}")
+        for path in self.fixed:
+            if not path.startswith("optim.") or path in self.space:
+                raise ConfigError(f"contender {self.preset}: fixed field {path} must be an optim field "
+                                  f"outside the search space")
         for path, (low, high, scale) in self.space.items():
             if not path.startswith("optim."):
                 raise ConfigError(f"contender {self.preset}: search space axis {path} is not an optim field")
@@ -99,7 +106,7 @@ def benchmark_sweep(workloads: Sequence[Workload], contenders: Sequence[Contende
     variants = {}
     for workload in workloads:
         for contender in contenders:
-            base = recipe(workload, contender.preset)
+            base = apply_changes(recipe(workload, contender.preset), contender.fixed)
             for study in range(studies):
                 seeded = apply_changes(base, {"train.seed": study})
                 points = (quasi_random(seeded, contender.space, trials, seed=study) if contender.space

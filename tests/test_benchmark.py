@@ -52,12 +52,22 @@ def test_every_contender_gets_the_same_budget_and_its_groups_vmap():
             and n.endswith(f"seed={s}")} for s in (0, 1)]
     assert lrs[0] != lrs[1]
     assert sorted(len(g) for g in vmap_groups(variants)) == [3] * 8
+    # A contender's fixed fields reach every trial of it and no other contender's.
+    soap = Contender("soap_paper", {"optim.lr": (1e-3, 1e-2, "log")}, fixed={"optim.soap_max_precond_dim": 7})
+    variants = benchmark_sweep(WORKLOADS, (*CONTENDERS, soap), trials=2, studies=1)
+    dims = {",preset=soap_paper," in n: set() for n in variants}
+    for name, cfg in variants.items():
+        dims[",preset=soap_paper," in name].add(cfg.optim.soap_max_precond_dim)
+    assert dims == {True: {7}, False: {10_000}}
 
 
 @pytest.mark.parametrize("contender, message", [
     (Contender("gpt3_adamw", {"optim.lr": (1e-2, 1e-4, "log")}), "search space optim.lr needs low < high"),
     (Contender("sgd", {}), "unknown optimizer preset 'sgd'"),
     (Contender("gpt3_adamw", {"train.steps": (1, 2, "linear")}), "train.steps is not an optim field"),
+    (Contender("gpt3_adamw", {}, fixed={"train.steps": 3}), "fixed field train.steps must be an optim field"),
+    (Contender("gpt3_adamw", {"optim.lr": (1e-3, 1e-2, "log")}, fixed={"optim.lr": 1e-3}),
+     "fixed field optim.lr must be an optim field outside the search space"),
 ])
 def test_bad_contenders_are_one_line(contender, message):
     with pytest.raises(ConfigError, match=message):
