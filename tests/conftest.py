@@ -7,7 +7,11 @@ os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".s
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # text: sources are prepared into cached stores: the tests' go to a directory of their own, not ~/.cache.
-os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="gptjax-test-cache-"))
+if "GPTJAX_CACHE_DIR" not in os.environ:
+    os.environ["GPTJAX_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="gptjax-test-cache-")
+    _OWN_DIRS = [os.environ["GPTJAX_CACHE_DIR"]]
+else:
+    _OWN_DIRS = []
 # One persistent compilation cache for the whole session: most of the suite's time is XLA compiling the
 # same tiny programs again, in each test and in every subprocess a kill, stop or sweep test starts. JAX
 # reads these variables at import, so this process, the xdist workers (started after this file is loaded
@@ -22,9 +26,7 @@ os.environ.setdefault("GPTJAX_CACHE_DIR", __import__("tempfile").mkdtemp(prefix=
 # (tests/test_train.py test_the_compilation_cache_serves_a_repeated_run drops these variables).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="gptjax-test-jax-cache-")
-    _OWN_COMPILATION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
-else:
-    _OWN_COMPILATION_CACHE = None
+    _OWN_DIRS.append(os.environ["JAX_COMPILATION_CACHE_DIR"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import dataclasses  # noqa: E402
@@ -98,6 +100,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-    """The session's compilation cache goes with the process that made it (xdist's controller)."""
-    if _OWN_COMPILATION_CACHE:
-        __import__("shutil").rmtree(_OWN_COMPILATION_CACHE, ignore_errors=True)
+    """The session's caches (compilation, prepared text) go with the process that made them (xdist's
+    controller); directories given in the environment are left alone."""
+    for directory in _OWN_DIRS:
+        __import__("shutil").rmtree(directory, ignore_errors=True)
