@@ -35,7 +35,7 @@ class ScaleBySoapState(NamedTuple):
     count: jax.Array  # calls so far; the first one only initialises the preconditioner
     mu: Any  # momentum of the gradient, in the parameter's own basis
     nu: Any  # Adam's second moment of the rotated gradient
-    left: Any  # L (m × m) per matrix leaf, a (0,) placeholder where that side is not rotated
+    left: Any  # L (m × m) per matrix leaf; optax.MaskedNode() (no array) where that side is not rotated
     right: Any  # R (n × n)
     q_left: Any  # eigenbasis of L
     q_right: Any  # eigenbasis of R
@@ -159,8 +159,8 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, eps: float = 1e-8, shampoo
         def square(index, eye):
             def leaf(path, x, d):
                 size = d[index]
-                if not size:
-                    return jnp.zeros((0,), x.dtype)
+                if not size:  # no array: orbax saves no zero-size one, vmap maps no layer axis
+                    return optax.MaskedNode()
                 one = (jnp.eye(size, dtype=x.dtype) if eye else jnp.zeros((size, size), x.dtype))
                 return jnp.broadcast_to(one, (x.shape[0], size, size)) if _stacked(path) else one
             return jax.tree_util.tree_map_with_path(leaf, params, dims, is_leaf=lambda v: v is None)
