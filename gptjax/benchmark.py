@@ -284,9 +284,9 @@ def significance(table: dict[str, dict[str, Score]]) -> list[str]:
                 continue
             mean, half = mean_ci(_finite(s.final))
             (apart if math.isfinite(half) and mean - half > b_mean + b_half else close).append(c)
-        out.append(f"- {name}: lowest final loss {best}; its interval does not overlap "
-                   f"{', '.join(sorted(apart)) or 'no one'}'s (worse beyond noise); "
-                   f"{', '.join(sorted(close)) or 'no one'} cannot be told apart from it with these studies.")
+        out.append(f"- {name}: lowest final loss {best}. Worse beyond noise (95% intervals apart from its): "
+                   f"{', '.join(sorted(apart)) or 'none'}. Not told apart from it with these studies: "
+                   f"{', '.join(sorted(close)) or 'none'}.")
     return out
 
 

@@ -266,18 +266,12 @@ def choose_parallelism(cores: int, device: str) -> Parallelism:
                                 "vmapped groups")
 
 
-def default_jobs() -> int:
-    """Variants at once for a sweep whose command line names none: `choose_parallelism`'s for this machine
-    (every core this process may use on a CPU, one on a GPU or TPU)."""
-    return choose_parallelism(*machine()).jobs
-
-
 def resolve_parallelism(jobs: int | None, vmap: bool | None, chosen: Parallelism | None = None, *,
                         split: bool = False) -> tuple[int, bool, str]:
-    """(jobs, vmap, the line a sweep prints about them): what the command line gave, the rest from
-    `choose_parallelism` for this machine (or `chosen`). A sweep split across hosts (`split`: a shard of
-    several, or `--per-host`) is not vmapped unless asked, since a vmapped group trains on one host and
-    the shards would be split by groups, leaving hosts idle."""
+    """(jobs, vmap, the line a sweep prints about what it chose, "" if the command line gave both): what
+    the command line gave, the rest from `choose_parallelism` for this machine (or `chosen`). A sweep
+    split across hosts (`split`: a shard of several, or `--per-host`) is not vmapped unless asked, since
+    a vmapped group trains on one host and the shards would be split by groups, leaving hosts idle."""
     chosen = chosen or choose_parallelism(*machine())
     picked = [what for what, given in (("jobs", jobs), ("vmap", vmap)) if given is None]
     jobs = chosen.jobs if jobs is None else jobs
@@ -287,7 +281,7 @@ def resolve_parallelism(jobs: int | None, vmap: bool | None, chosen: Parallelism
     vmap = chosen.vmap if vmap is None else vmap
     how = f"{jobs} job(s)" + (", one vmapped program per group of variants" if vmap else ", no vmap")
     if not picked:
-        return jobs, vmap, f"parallelism: {how} (as asked)"
+        return jobs, vmap, ""
     return jobs, vmap, (f"parallelism: {how} ({' and '.join(picked)} chosen for this machine, {why}; "
                         "--jobs N and --vmap/--no-vmap choose)")
 
@@ -391,7 +385,7 @@ def _last_error(log) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int,
+def _start(unit: Sequence[str], variants: dict[str, Experiment], root,
            child_env: dict[str, str] | None = None, cpus: frozenset[int] | None = None) -> subprocess.Popen:
     # One child per unit: a variant alone, or a vmapped group whose output goes to its first log.
     for name in unit:
@@ -403,10 +397,6 @@ def _start(unit: Sequence[str], variants: dict[str, Experiment], root, jobs: int
             log.write(f"trained vmapped with {', '.join(n for n in unit if n != name)}; the group's "
                       f"output is in ../{unit[0]}/log.txt\n")
     env = {**os.environ, **(child_env or {})}
-    if jobs > 1:
-        # Several XLA processes on few cores: one compute thread each avoids oversubscribing them.
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
     if cpus:  # the child confines itself to these cores before JAX starts its threads (`cpu_slots`)
         env[CPUS_ENV] = ",".join(str(c) for c in sorted(cpus))
     with _log_file(root, unit[0]).open("a") as log:
@@ -486,7 +476,6 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
         raise ConfigError(f"sweep directory {root} exists and is not a directory")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    choosing = jobs is None or vmap is None
     jobs, vmap, parallelism = resolve_parallelism(jobs, vmap, split=shard[1] > 1 or per_host)
     if per_host and (joined := sorted(n for n, v in variants.items() if v.train.distributed)):
         raise ConfigError(f"--per-host trains each variant on one host's devices, but {joined[0]} sets "
@@ -504,7 +493,7 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
     todo = [name for name in mine if not _done(root / name, variants[name])]
     log(f"sweep {base.name}: {len(variants)} variants, {len(mine)} in shard {shard[0]}/{shard[1]}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {jobs} job(s) in {root}")
-    if choosing:
+    if parallelism:
         log(parallelism)
     if vmap:
         # Regrouped among those left, at their checkpoints: a group resumes in lockstep from one step.
@@ -580,7 +569,7 @@ def run_sweep(experiment: str, overrides: Sequence[str] = (), *, root: storage.P
             before = {name: read_status(root / name) for name in free}
             slot = free_slots.pop(0) if slots else None
             cpus = slots[slot] if slots else None
-            running[tuple(free)] = (_start(free, variants, root, jobs, child_env, cpus), time.time(), locks,
+            running[tuple(free)] = (_start(free, variants, root, child_env, cpus), time.time(), locks,
                                     before)
             if slots:
                 slot_of[tuple(free)] = slot

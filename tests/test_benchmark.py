@@ -141,3 +141,19 @@ def test_a_failed_run_counts_as_not_reached_and_a_running_one_not_yet():
     # Its missing final loss is left out of the interval (1.6 and 2.0), not turned into nan.
     assert "| 1.8000 ± " in render({"a": {"lion_paper": lion}}, WORKLOADS[:1], ["lion_paper"])
     assert score([*RUNS, third_study("running")], WORKLOADS, CONTENDERS)["a"]["lion_paper"].steps == [10, 30]
+
+
+def test_significance_names_who_is_apart_from_the_best_and_who_is_not():
+    from gptjax.benchmark import Score, significance
+
+    def final(*losses):
+        return Score(steps=[], seconds=[], final=list(losses), best={}, lrs=[], state_bytes_per_param=None,
+                     tokens_per_s=None)
+
+    # 95% Student-t, 2 degrees of freedom (t = 4.303, sd 0.1): 1.1 ± 0.248, 1.4 ± 0.248, 2.1 ± 0.248.
+    lines = significance({"a": {"best": final(1.0, 1.1, 1.2), "near": final(1.3, 1.4, 1.5),
+                                "far": final(2.0, 2.1, 2.2)},
+                          "b": {"x": final(1.0), "y": final(2.0)}})
+    assert lines == ["- a: lowest final loss best. Worse beyond noise (95% intervals apart from its): far. "
+                     "Not told apart from it with these studies: near.",
+                     "- b: one study per contender, so no interval; nothing here is significant."]

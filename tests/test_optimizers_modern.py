@@ -886,10 +886,10 @@ def test_schedule_free_evaluates_samples_and_exports_the_average_x(tmp_path):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_soap_with_unrotated_sides_checkpoints_and_resumes_exactly(tmp_path, scan_layers):
-    # max_precond_dim 40 on the tiny GPT (width 32): attention's and the embeddings' width sides are rotated,
-    # the MLP's 128 and the vocabulary are not, nor any vector. An unrotated side holds no array (orbax refuses
-    # zero-size ones; a layer stack's vmap needs its layer axis). Stopped at step 3 and resumed to 6, the
-    # parameters equal those of the run that never stopped, bit for bit.
+    # max_precond_dim 40 on the tiny GPT (width 32): attention's and the embeddings' width sides are
+    # rotated, the MLP's 128 and the vocabulary are not, nor any vector. An unrotated side holds no array
+    # (orbax refuses zero-size ones; a layer stack's vmap needs its layer axis). Stopped at step 3 and
+    # resumed to 6, the parameters equal those of the run that never stopped, bit for bit.
     from gptjax.checkpoint import restore_params
     from gptjax.models import abstract_params
     from gptjax.soap import ScaleBySoapState

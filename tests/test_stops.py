@@ -19,7 +19,7 @@ from gptjax.cli import main
 from gptjax.config import ConfigError, to_dict
 from gptjax.guards import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_PREEMPTED
 from gptjax.metrics import MetricsWriter, current_records, read_metrics
-from gptjax.sweep import default_jobs, read_status
+from gptjax.sweep import read_status
 from tests.conftest import TINY_FILE, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,13 +174,6 @@ def test_bad_input_of_every_kind_is_one_line_and_exit_2(tmp_path, capsys):
     assert "a_file is a file, not a directory" in err[2] and "/proc" in err[3]
     assert "is not UTF-8 text (byte 0x80 at offset 128)" in err[-1]
     assert not (tmp_path / "s").exists() and not list(Path("/proc").glob("gptjax*"))
-
-
-def test_default_jobs_are_the_cores_on_a_cpu_and_one_on_an_accelerator(monkeypatch):
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert default_jobs() == len(os.sched_getaffinity(0))
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert default_jobs() == 1
 
 
 # --- stops, through the real command line ---------------------------------------------------------------

@@ -9,7 +9,6 @@ from gptjax.sweep import (
     Parallelism,
     choose_parallelism,
     cpu_slots,
-    default_jobs,
     machine,
     resolve_parallelism,
 )
@@ -28,8 +27,6 @@ def test_the_machine_is_read_from_jax_platforms_else_from_device_files(monkeypat
     for platforms, device in (("cpu", "cpu"), ("cuda,cpu", "gpu"), ("tpu", "tpu"), (" cpu , cuda", "cpu")):
         monkeypatch.setenv("JAX_PLATFORMS", platforms)
         assert machine() == (3, device)
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert default_jobs() == 3
 
 
 def test_what_the_command_line_gives_wins_and_the_line_says_which_was_chosen():
@@ -42,7 +39,7 @@ def test_what_the_command_line_gives_wins_and_the_line_says_which_was_chosen():
     assert resolve_parallelism(1, None, chosen)[:2] == (1, True)
     assert "(vmap chosen for this machine" in resolve_parallelism(1, None, chosen)[2]
     assert resolve_parallelism(None, False, chosen)[:2] == (4, False)
-    assert resolve_parallelism(2, False, chosen) == (2, False, "parallelism: 2 job(s), no vmap (as asked)")
+    assert resolve_parallelism(2, False, chosen) == (2, False, "")  # nothing chosen, nothing said
     # Split across hosts, a vmapped group would leave hosts idle: no vmap unless asked.
     jobs, vmap, line = resolve_parallelism(None, None, chosen, split=True)
     assert (jobs, vmap) == (4, False) and "vmap off: the sweep is split across hosts" in line
