@@ -299,13 +299,13 @@ def _plots(out, table: dict[str, dict[str, Score]], contenders: Sequence[str]) -
     colour = {c: plt.get_cmap("tab20")(i % 20) for i, c in enumerate(contenders)}
     ratios = performance_ratios(table, contenders)
     taus = [1 + i * (TAU_MAX - 1) / 300 for i in range(301)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in contenders:
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    for c in sorted(contenders, key=lambda c: -profile_area(ratios[c])):  # the legend ranks them
         ax.step(taus, [profile(ratios[c], t) for t in taus], where="post", color=colour[c],
                 label=f"{c} ({profile_area(ratios[c]):.2f})")
     ax.set(xlabel="τ (steps to target / fastest contender's)", ylabel="share of workloads within τ",
            title="performance profiles (legend: area, the benchmark score)", ylim=(-0.02, 1.02))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it hid the steps
     fig.tight_layout()
     save_figure(fig, out / "performance_profiles.png")
     plt.close(fig)
