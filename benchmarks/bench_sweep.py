@@ -21,11 +21,14 @@ both), against the same trials in a nanoGPT-style PyTorch GPT (benchmarks/bench_
 after another → benchmarks/results/sweep_throughput.json. The PyTorch trials run in one process that is
 timed from its first trial, so they pay no process start or import, which the sweep's children do: the
 comparison leans towards PyTorch. `--quick` (2 presets × 2 rates × 1 seed, 20 steps, a few minutes)
-proves the code and writes sweep_throughput_quick.json instead.
+proves the code and writes sweep_throughput_quick.json instead. `--modes jobs2,vmap_jobs2` measures those
+modes (and PyTorch, unless `--no-torch`) again and replaces them in the results file, keeping the others:
+each mode records when it was measured.
 """
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -238,8 +241,8 @@ def throughput(args) -> dict:
             done = sum(json.loads((root / n / "status.json").read_text()).get("status") == "done"
                        for n in variants if (root / n / "status.json").exists())
             finals[mode] = {n: _final_val(root / n) for n in variants}
-            result["modes"][mode] = {"flags": " ".join(flags), "seconds": seconds, "done": done,
-                                     "trials_per_hour": trials * 3600 / seconds,
+            result["modes"][mode] = {"flags": " ".join(flags), "measured": _now(), "seconds": seconds,
+                                     "done": done, "trials_per_hour": trials * 3600 / seconds,
                                      "load_average_1min_before": load,
                                      "load_average_1min_after": os.getloadavg()[0]}
             print(f"{mode:>12}: {seconds:7.1f} s, {trials * 3600 / seconds:6.1f} trials/h, "
@@ -255,23 +258,54 @@ def throughput(args) -> dict:
             seconds = torch_result.pop("seconds")
             finals["torch_nanogpt"] = torch_result.pop("final_val_losses")
             result["torch_nanogpt_sequential"] = {
-                **torch_result, "seconds": seconds, "trials_per_hour": trials * 3600 / seconds,
-                "load_average_1min_before": load, "load_average_1min_after": os.getloadavg()[0]}
+                **torch_result, "measured": _now(), "seconds": seconds,
+                "trials_per_hour": trials * 3600 / seconds, "load_average_1min_before": load,
+                "load_average_1min_after": os.getloadavg()[0]}
             print(f"{'PyTorch':>12}: {seconds:7.1f} s, {trials * 3600 / seconds:6.1f} trials/h "
                   "(nanoGPT-style, one process, one trial after another)", flush=True)
-            base = result["torch_nanogpt_sequential"]["trials_per_hour"]
-            for r in result["modes"].values():
-                r["ratio_to_torch"] = r["trials_per_hour"] / base
-    # The sweep modes train the same trials: their final validation losses must agree (vmapped groups
-    # within rounding); PyTorch's are its own model's and are recorded, not compared.
-    reference = finals[next(iter(result["modes"]))]
-    result["max_relative_val_loss_difference_between_modes"] = max(
-        (abs(finals[m][n] - reference[n]) / reference[n] for m in result["modes"] for n in reference
-         if finals[m][n] is not None and reference[n] is not None), default=None)
     result["final_val_losses"] = finals
-    result["best_mode"] = max(result["modes"], key=lambda m: result["modes"][m]["trials_per_hour"])
     result["load_average_after"] = os.getloadavg()
+    return summarise(result)
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="minutes")
+
+
+def summarise(result: dict) -> dict:
+    """The figures derived from the measured ones: each mode's ratio to PyTorch, the largest relative
+    disagreement of the modes' final validation losses (the sweep modes train the same trials, so they
+    must agree, vmapped groups within rounding; PyTorch's are its own model's and are not compared), and
+    the best mode."""
+    modes, finals = result["modes"], result["final_val_losses"]
+    if "torch_nanogpt_sequential" in result:
+        base = result["torch_nanogpt_sequential"]["trials_per_hour"]
+        for r in modes.values():
+            r["ratio_to_torch"] = r["trials_per_hour"] / base
+    reference = finals[next(iter(modes))]
+    result["max_relative_val_loss_difference_between_modes"] = max(
+        (abs(finals[m][n] - reference[n]) / reference[n] for m in modes for n in reference
+         if finals[m].get(n) is not None and reference[n] is not None), default=None)
+    result["best_mode"] = max(modes, key=lambda m: modes[m]["trials_per_hour"])
     return result
+
+
+def remeasured(old: dict, new: dict) -> dict:
+    """`old` (a results file) with the modes, and the PyTorch side if it ran, that `new` measured again in
+    place of its own: a mode disturbed by other work is measured again without rerunning the hour. Each
+    mode and the PyTorch side keep the time they were measured ("measured"); the workload must match."""
+    if old["workload"] != new["workload"]:
+        raise SystemExit(f"bench_sweep: the results file's workload {old['workload']} is not this run's "
+                         f"{new['workload']}; run every mode (no --modes) to replace it")
+    kept = {m: {"measured": f"by {old.get('written')}", **r} for m, r in old["modes"].items()}
+    merged = {**old, "modes": {**kept, **new["modes"]},
+              "final_val_losses": {**old["final_val_losses"], **new["final_val_losses"]},
+              "load_average_after": new["load_average_after"]}
+    if "torch_nanogpt_sequential" in new:
+        merged["torch_nanogpt_sequential"] = new["torch_nanogpt_sequential"]
+    merged.pop("command", None)  # write_json records this command line and time
+    merged.pop("written", None)
+    return summarise(merged)
 
 
 def _losses(workdir: Path) -> list[float]:
@@ -293,7 +327,8 @@ def main():
                         "(sweep_throughput.json)")
     p.add_argument("--quick", action="store_true", help="with --throughput: 4 trials of 20 steps, to prove "
                                                          "the code (sweep_throughput_quick.json)")
-    p.add_argument("--modes", help="with --throughput: only these modes, comma-separated (not written)")
+    p.add_argument("--modes", help="with --throughput: only these modes, comma-separated, measured again in "
+                                   "the results file (with PyTorch unless --no-torch)")
     p.add_argument("--no-torch", action="store_true", help="with --throughput: no PyTorch side (not written)")
     p.add_argument("--torch-trials", help=argparse.SUPPRESS)  # the PyTorch side's own process
     args = p.parse_args()
@@ -303,10 +338,11 @@ def main():
     if args.throughput:
         result = throughput(args)
         print(json.dumps({k: v for k, v in result.items() if k != "final_val_losses"}, indent=2))
-        if args.modes or args.no_torch:
-            return
-        name = "sweep_throughput_quick.json" if args.quick else "sweep_throughput.json"
-        write_json(RESULTS / name, result)
+        path = RESULTS / ("sweep_throughput_quick.json" if args.quick else "sweep_throughput.json")
+        if args.modes and path.exists():  # those modes measured again, the others kept
+            write_json(path, remeasured(json.loads(path.read_text()), result))
+        elif not (args.modes or args.no_torch):
+            write_json(path, result)
         return
     args.steps = args.steps or 30
     if args.cli:
