@@ -167,7 +167,7 @@ def torch_trials(spec_path: Path) -> dict:
         t, B, L = cfg.train, cfg.data.batch_size, cfg.data.seq_len
         torch.manual_seed(t.seed)
         rng = np.random.default_rng(t.seed)
-        side = NanoSide(cfg, [])
+        side = NanoSide(cfg, [], seed=t.seed)  # each seed its own initial parameters, as in the sweep
         side.opt = optimizer(cfg.optim, list(side.model.parameters()))
         out = Path(spec["root"]) / name
         out.mkdir(parents=True, exist_ok=True)

@@ -131,9 +131,9 @@ class NanoSide(TorchSide):
     PyTorch has the fused kernel for CPU, else foreach), written here; same shape, batches and AdamW
     hyperparameters as the others, but no biases (about 1% fewer parameters at these sizes)."""
 
-    def __init__(self, cfg: Experiment, batches: list[Batch]):
+    def __init__(self, cfg: Experiment, batches: list[Batch], seed: int = 0):
         m, nn = cfg.model, torch.nn
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         self.wte, self.wpe = nn.Embedding(VOCAB, m.n_embd), nn.Embedding(m.context, m.n_embd)
         self.blocks = nn.ModuleList(NanoBlock(m.n_embd, m.n_head, m.layer_norm_eps) for _ in range(m.n_layer))
         self.ln_f = nn.LayerNorm(m.n_embd, eps=m.layer_norm_eps, bias=False)
